@@ -1,0 +1,32 @@
+# make test        - create .venv if missing, install, run the test suite
+# make quickstart  - create .venv if missing, train an SE network on the offline digits dataset
+# make bench       - speed benchmark against timm (see benchmarks/README.md)
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Tests use both cores of the reference machine; override with `make test PYTEST_WORKERS=4`.
+PYTEST_WORKERS ?= 2
+
+.PHONY: test test-all quickstart bench clean
+
+$(STAMP): requirements.txt requirements-test.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-test.txt
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS)
+
+quickstart: $(STAMP)
+	$(PY) main.py --config=configs/quickstart.py --workdir=workdir/quickstart
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) workdir

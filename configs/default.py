@@ -1,0 +1,79 @@
+"""Every configuration field, commented. Variant files import this and override fields.
+
+Override any field on the command line: `--config.batch_size=512`. The config is locked, so a
+misspelt field (`--config.batchsize=512`) is an error rather than silently ignored. Durations
+are in epochs when `num_epochs` > 0, else in steps (`num_train_steps`).
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Defaults: SE-ResNet-50 on ImageNet with the common SGD + cosine recipe."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # ---- Model -----------------------------------------------------------------------------
+  config.model = 'se_resnet50'          # any name from senet_jax.models.list_models()
+  # Fields passed to create_model(config.model, **model_kwargs). Variant files list the knobs
+  # they expose (e.g. se_reduction, se_position) so that the command line can override them.
+  config.model_kwargs = ml_collections.ConfigDict()
+  config.dtype = 'float32'              # compute dtype: 'float32' or 'bfloat16' (params stay f32)
+
+  # ---- Data ------------------------------------------------------------------------------
+  config.dataset = 'imagenet2012'       # TFDS name; 'senet_digits' is the offline dataset
+  config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir (None: default)
+  config.train_split = 'train'
+  config.eval_split = 'validation'
+  config.num_classes = 1000
+  config.image_size = 224               # training and evaluation resolution
+  config.eval_crop_fraction = -1.0      # center-crop fraction; -1: res / (res + 32) (official)
+  config.interpolation = 'bicubic'      # 'bicubic' or 'bilinear' resize
+  config.mean_rgb = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+  config.std_rgb = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+  config.augment = 'none'               # 'none', 'autoaugment' (policy v0), 'randaugment'
+  config.randaugment_num_layers = 2     # RandAugment N
+  config.randaugment_magnitude = 10     # RandAugment M
+  config.mixup_alpha = 0.0              # > 0 enables mixup
+  config.cutmix_alpha = 0.0             # > 0 enables cutmix
+  config.shuffle_buffer = 16_384
+  config.cache_train = False            # cache decoded training examples in memory (small sets)
+
+  # ---- Optimisation ----------------------------------------------------------------------
+  config.batch_size = 256               # global batch, all hosts and devices together
+  config.eval_batch_size = 256          # global eval batch
+  config.grad_accum_steps = 1           # micro-batches per optimizer step (batch_size total)
+  config.num_epochs = 100.0             # > 0: length in epochs, else num_train_steps
+  config.num_train_steps = -1
+  config.optimizer = 'sgd'              # 'sgd', 'rmsprop_tf', 'adamw'
+  config.learning_rate = 0.1            # per 256 images; scaled by batch_size / 256
+  config.lr_schedule = 'cosine'         # 'cosine', 'exponential' (staircase), 'step', 'constant'
+  config.warmup_epochs = 5.0
+  config.lr_decay_epochs = 2.4          # exponential: decay every this many epochs
+  config.lr_decay_factor = 0.97         # exponential: multiply by this at each decay
+  config.lr_step_epochs = (30, 60, 90)  # step: divide by 10 at these epochs
+  config.momentum = 0.9
+  config.nesterov = True
+  config.rmsprop_decay = 0.9
+  config.rmsprop_epsilon = 1e-3
+  config.weight_decay = 1e-4            # L2 term in the loss
+  # Regex (re.search on 'module/.../param') of parameters without weight decay: BN and biases.
+  config.weight_decay_exclude = r'(bn[^/]*/scale|bias)$'
+  config.label_smoothing = 0.1
+  config.grad_clip_norm = 0.0           # > 0 clips the global gradient norm
+  config.ema_decay = 0.0                # > 0 keeps an EMA of the weights, evaluated too
+  config.ema_warmup = False             # decay min(ema_decay, (1 + t) / (10 + t))
+
+  # ---- Checkpoints, logging, evaluation --------------------------------------------------
+  config.log_every_steps = 100
+  config.eval_every_epochs = 1.0        # <= 0: only at the end
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.keep_best_checkpoint = True    # also keep the best by eval top-1
+  config.init_from = ''                 # checkpoint dir to start from (fine-tuning)
+  config.init_from_exclude = ('fc', 'classifier')  # top-level params re-initialised on init_from
+  config.profile = False                # clu Profile for a few steps after the first log
+
+  # ---- Speed -----------------------------------------------------------------------------
+  config.conv_impl = 'auto'             # grouped/depthwise conv formulation ('auto', 'xla', ...)
+  config.compilation_cache_dir = ''     # persistent XLA compilation cache ('' : off)
+  return config

@@ -1,0 +1,7 @@
+"""EfficientNet-B1 on ImageNet with the official TPU recipe (see configs/recipes.py)."""
+from configs import recipes
+
+
+def get_config():
+  """EfficientNet-B1: its resolution and dropout from the model registry, official recipe."""
+  return recipes.efficientnet('efficientnet_b1')

@@ -1,0 +1,7 @@
+"""EfficientNet-B3 on ImageNet with the official TPU recipe (see configs/recipes.py)."""
+from configs import recipes
+
+
+def get_config():
+  """EfficientNet-B3: its resolution and dropout from the model registry, official recipe."""
+  return recipes.efficientnet('efficientnet_b3')

@@ -1,0 +1,7 @@
+"""senet154 on ImageNet: SGD + cosine recipe with the SE paper's knobs exposed."""
+from configs import recipes
+
+
+def get_config():
+  """senet154 with SE knobs in config.model_kwargs (override on the command line)."""
+  return recipes.se_resnet('senet154')

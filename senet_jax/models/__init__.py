@@ -1,0 +1,11 @@
+"""senet_jax models: `create_model(name, ...)` and `list_models()`.
+
+Importing this package registers every model family.
+"""
+from senet_jax.models import efficientnet as _efficientnet  # noqa: F401  (registers)
+from senet_jax.models import resnet_registry as _resnet_registry  # noqa: F401  (registers)
+from senet_jax.models.registry import ModelInfo, create_model, list_models, model_info
+from senet_jax.models.squeeze_excite import SqueezeExcite, collect_excitations
+
+__all__ = ['ModelInfo', 'SqueezeExcite', 'collect_excitations', 'create_model', 'list_models',
+           'model_info']

@@ -1,0 +1,106 @@
+"""Interchangeable formulations of grouped and depthwise 2-D convolutions (NHWC, HWIO kernels).
+
+All formulations compute exactly the same function as `lax.conv_general_dilated` with
+`feature_group_count=groups` (tests check forward values and gradients), they differ only in
+speed per backend:
+
+- 'xla': `lax.conv_general_dilated(feature_group_count=groups)`. Fast on GPU (cuDNN) and TPU.
+  On XLA:CPU grouped/depthwise convolutions and especially their gradients are 10-100x slower
+  than dense ones (jax-ml/jax#23713, #13800).
+- 'shift': depthwise only, a sum of k*k shifted, strided slices times a per-channel weight.
+  Elementwise work that XLA:CPU fuses well, forward and backward.
+- 'dense': grouped only, the grouped kernel scattered into a block-diagonal dense kernel and one
+  dense convolution. It does `groups` times the arithmetic, but XLA:CPU's dense convolution
+  (oneDNN) is so much faster than its grouped one that this wins for ResNeXt widths.
+
+'auto' picks per backend: on CPU 'shift' for depthwise and 'dense' for other grouped
+convolutions, 'xla' everywhere else.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ('auto', 'xla', 'shift', 'dense')
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None = None) -> str:
+  """Returns the concrete formulation for `impl` ('auto' resolved on the current backend)."""
+  if impl not in IMPLS:
+    raise ValueError(f'conv_impl={impl!r} is not valid; allowed values: {list(IMPLS)}')
+  if groups == 1:
+    return 'xla'
+  depthwise = groups == in_channels
+  if impl == 'auto':
+    if (backend or jax.default_backend()) != 'cpu':
+      return 'xla'
+    return 'shift' if depthwise else 'dense'
+  if impl == 'shift' and not depthwise:
+    raise ValueError(f"conv_impl='shift' needs a depthwise conv (groups == in_channels), got "
+                     f'groups={groups} with {in_channels} input channels')
+  return impl
+
+
+def _pads(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: int, padding: Any):
+  if isinstance(padding, str):
+    return lax.padtype_to_pads(x_shape[1:3], kernel_shape[:2], (strides, strides), padding)
+  return [tuple(p) for p in padding]
+
+
+def conv_xla(x, kernel, strides: int, padding: Any, groups: int):
+  """The reference formulation: `lax.conv_general_dilated` with feature groups."""
+  return lax.conv_general_dilated(
+      x, kernel, (strides, strides), padding, dimension_numbers=_DIMS,
+      feature_group_count=groups)
+
+
+def conv_shift(x, kernel, strides: int, padding: Any):
+  """Depthwise conv as k*k shifted strided slices times per-channel weights."""
+  kh, kw, _, out = kernel.shape
+  channels = x.shape[-1]
+  if out != channels:  # depth multiplier > 1: repeat input channels like TF/XLA group order.
+    x = jnp.repeat(x, out // channels, axis=-1)
+  (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, strides, padding)
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  out_h = (xp.shape[1] - kh) // strides + 1
+  out_w = (xp.shape[2] - kw) // strides + 1
+  y = None
+  for i in range(kh):
+    for j in range(kw):
+      patch = lax.slice(
+          xp, (0, i, j, 0),
+          (xp.shape[0], i + (out_h - 1) * strides + 1, j + (out_w - 1) * strides + 1, out),
+          (1, strides, strides, 1))
+      term = patch * kernel[i, j, 0]
+      y = term if y is None else y + term
+  return y
+
+
+def block_diagonal_kernel(kernel, groups: int):
+  """(kh, kw, Cin/g, Cout) grouped kernel -> (kh, kw, Cin, Cout) dense block-diagonal kernel."""
+  kh, kw, cin_g, cout = kernel.shape
+  cout_g = cout // groups
+  blocks = kernel.reshape(kh, kw, cin_g, groups, cout_g)
+  eye = jnp.eye(groups, dtype=kernel.dtype)
+  # dense[h, w, g*cin_g + i, G*cout_g + o] = blocks[h, w, i, g, o] * [g == G]
+  dense = jnp.einsum('hwigo,gG->hwgiGo', blocks, eye)
+  return dense.reshape(kh, kw, groups * cin_g, cout)
+
+
+def conv_dense(x, kernel, strides: int, padding: Any, groups: int):
+  """Grouped conv computed as one dense conv with a block-diagonal kernel."""
+  return conv_xla(x, block_diagonal_kernel(kernel, groups), strides, padding, 1)
+
+
+def conv(x, kernel, strides: int, padding: Any, groups: int, impl: str = 'auto'):
+  """Grouped/depthwise/dense convolution computed with the formulation `impl`."""
+  impl = resolve_impl(impl, groups, x.shape[-1])
+  if impl == 'shift':
+    return conv_shift(x, kernel, strides, padding)
+  if impl == 'dense':
+    return conv_dense(x, kernel, strides, padding, groups)
+  return conv_xla(x, kernel, strides, padding, groups)

@@ -1,0 +1,77 @@
+"""Model registry: every model is a name bound to a module class and its default fields."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+  """What a config needs to know about a registered model besides its module.
+
+  Attributes:
+    name: registered name.
+    module_cls: the Flax module class.
+    kwargs: fields passed to `module_cls` (overridable in `create_model`).
+    resolution: default (training and evaluation) image size.
+    dropout_rate: default dropout before the classifier.
+    family: 'resnet', 'efficientnet', ... (for docs and configs).
+  """
+  name: str
+  module_cls: Callable[..., nn.Module]
+  kwargs: dict[str, Any]
+  resolution: int = 224
+  dropout_rate: float = 0.0
+  family: str = ''
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register(name: str, module_cls, *, resolution: int = 224, family: str = '',
+             **kwargs) -> None:
+  """Registers `name` as `module_cls(**kwargs)`; `kwargs['dropout_rate']` is the default."""
+  if name in _REGISTRY:
+    raise ValueError(f'model {name!r} is registered twice')
+  _REGISTRY[name] = ModelInfo(name, module_cls, dict(kwargs), resolution,
+                              kwargs.get('dropout_rate', 0.0), family)
+
+
+def list_models() -> list[str]:
+  """Every registered model name, sorted."""
+  return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+  """The `ModelInfo` of a registered model; unknown names raise a ValueError listing them all."""
+  if name not in _REGISTRY:
+    raise ValueError(f'unknown model {name!r}; registered models: {", ".join(list_models())}')
+  return _REGISTRY[name]
+
+
+def create_model(name: str, *, num_classes: int = 1000, dtype: Any = jnp.float32,
+                 **overrides) -> nn.Module:
+  """Builds a registered model.
+
+  Args:
+    name: a name from `list_models()`.
+    num_classes: classifier size.
+    dtype: compute dtype (e.g. `jnp.bfloat16`); parameters are always float32.
+    **overrides: module fields to change, e.g. `se_reduction=8`, `layout='v1.5'`.
+
+  Returns:
+    A `flax.linen.Module` mapping NHWC float images to `(N, num_classes)` float32 logits via
+    `module.apply(variables, images, train=False)`.
+  """
+  info = model_info(name)
+  fields = {f.name for f in dataclasses.fields(info.module_cls)} - {'parent', 'name'}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f'{name}: unknown model field(s) {unknown}; valid fields: {sorted(fields)}')
+  if not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}')
+  kwargs = {**info.kwargs, **overrides, 'num_classes': num_classes, 'dtype': dtype}
+  return info.module_cls(**kwargs)

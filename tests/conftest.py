@@ -1,0 +1,43 @@
+"""Shared test helpers. Tests run on CPU; TensorFlow never sees an accelerator."""
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+import jax  # noqa: E402
+
+# Halves XLA:CPU compile time of parameter init (random streams differ; tests never pin them).
+jax.config.update('jax_threefry_partitionable', False)
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+from senet_jax.models import create_model  # noqa: E402
+from senet_jax.models.layers import count_params  # noqa: E402
+
+# Tiny widths that keep every structural feature of a family (stages, projections, groups).
+TINY_RESNET = dict(stage_sizes=(1, 1, 1, 1), stage_planes=(8, 16, 16, 32), stem_width=8)
+TINY_EFFICIENTNET = dict(
+    blocks=('r1_k3_s11_e1_i8_o8_se0.25', 'r2_k3_s22_e6_i8_o16_se0.25',
+            'r1_k5_s22_e6_i16_o24_se0.25'),
+    stem_channels=8, head_channels=32)
+
+
+def init_variables(model, size=32, batch=2, train=False, seed=0):
+  """Real (allocated) variables for a small input."""
+  x = jnp.ones((batch, size, size, 3), jnp.float32)
+  init = jax.jit(model.init, static_argnames='train')
+  return init({'params': jax.random.key(seed), 'dropout': jax.random.key(seed + 1)}, x,
+              train=train)
+
+
+def abstract_param_count(name, size=224, **overrides):
+  """Parameter count of a registered model via jax.eval_shape (no compile, no allocation)."""
+  model = create_model(name, **overrides)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+  return count_params(shapes['params'])
+
+
+@pytest.fixture
+def rng():
+  return jax.random.key(0)

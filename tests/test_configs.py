@@ -1,0 +1,44 @@
+"""Every config file loads and builds its model (shapes only, no compile)."""
+import glob
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from senet_jax.models import create_model, model_info
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(
+    f for f in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+    if os.path.basename(f) not in ('__init__.py', 'recipes.py'))
+
+
+def load_config(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
+def test_config_loads_and_builds_its_model(path):
+  config = load_config(path)
+  model = create_model(config.model, num_classes=config.num_classes, **config.model_kwargs)
+  out = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)))[0])
+  assert out.shape == (1, config.num_classes)
+
+
+@pytest.mark.parametrize('variant', ['b0', 'b3', 'b7'])
+def test_efficientnet_configs_carry_resolution_dropout_and_recipe(variant):
+  config = load_config(os.path.join(ROOT, 'configs', f'efficientnet_{variant}.py'))
+  info = model_info(f'efficientnet_{variant}')
+  assert config.image_size == {'b0': 224, 'b3': 300, 'b7': 600}[variant]
+  assert config.model_kwargs.dropout_rate == {'b0': 0.2, 'b3': 0.3, 'b7': 0.5}[variant]
+  assert info.resolution == config.image_size
+  # Official recipe (reference section 4).
+  assert (config.optimizer, config.learning_rate, config.lr_decay_factor) == (
+      'rmsprop_tf', 0.016, 0.97)
+  assert (config.ema_decay, config.weight_decay, config.label_smoothing) == (0.9999, 1e-5, 0.1)

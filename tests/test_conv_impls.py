@@ -1,0 +1,45 @@
+"""Every grouped/depthwise convolution formulation equals lax.conv_general_dilated."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from senet_jax.models import conv_impls
+
+CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, size)
+    ('shift', 8, 8, 8, 3, 1, 'SAME', 9),
+    ('shift', 8, 8, 8, 5, 2, 'SAME', 10),    # TF SAME, asymmetric
+    ('shift', 8, 8, 8, 3, 2, ((1, 1), (1, 1)), 9),
+    ('shift', 4, 8, 4, 3, 1, 'SAME', 6),     # depth multiplier 2
+    ('dense', 8, 16, 4, 3, 1, ((1, 1), (1, 1)), 7),
+    ('dense', 16, 16, 8, 3, 2, ((1, 1), (1, 1)), 8),
+    ('dense', 8, 8, 8, 3, 2, 'SAME', 7),      # depthwise as dense also correct
+]
+
+
+@pytest.mark.parametrize('impl,cin,cout,groups,k,stride,padding,size', CASES)
+def test_forward_and_gradients_match_xla(impl, cin, cout, groups, k, stride, padding, size):
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(2, size, size, cin).astype(np.float32))
+  w = jnp.asarray(rng.randn(k, k, cin // groups, cout).astype(np.float32))
+  ref = lambda x, w: conv_impls.conv_xla(x, w, stride, padding, groups)
+  alt = lambda x, w: conv_impls.conv(x, w, stride, padding, groups, impl)
+  np.testing.assert_allclose(jax.jit(alt)(x, w), jax.jit(ref)(x, w), rtol=1e-4, atol=1e-4)
+  probe = jnp.asarray(rng.randn(*ref(x, w).shape).astype(np.float32))
+  grad = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * probe), argnums=(0, 1)))
+  for g_alt, g_ref in zip(grad(alt)(x, w), grad(ref)(x, w)):
+    np.testing.assert_allclose(g_alt, g_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_auto_resolves_per_backend():
+  assert conv_impls.resolve_impl('auto', 32, 32, backend='cpu') == 'shift'
+  assert conv_impls.resolve_impl('auto', 32, 128, backend='cpu') == 'dense'
+  assert conv_impls.resolve_impl('auto', 32, 128, backend='gpu') == 'xla'
+  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu') == 'xla'
+
+
+def test_shift_rejects_non_depthwise_and_unknown_impl():
+  with pytest.raises(ValueError, match='depthwise'):
+    conv_impls.resolve_impl('shift', 4, 16)
+  with pytest.raises(ValueError, match='conv_impl'):
+    conv_impls.resolve_impl('winograd', 4, 16)
