@@ -30,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.interpolation = 'bicubic'      # 'bicubic' or 'bilinear' resize
   config.mean_rgb = (0.485 * 255, 0.456 * 255, 0.406 * 255)
   config.std_rgb = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+  config.crop_area_range = (0.08, 1.0)  # Inception random crop: fraction of the image area
+  config.random_flip = True             # horizontal flip at training time
+  config.input_dtype = 'float32'        # dtype of the batches the pipeline yields
   config.augment = 'none'               # 'none', 'autoaugment' (policy v0), 'randaugment'
   config.randaugment_num_layers = 2     # RandAugment N
   config.randaugment_magnitude = 10     # RandAugment M
