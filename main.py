@@ -1,0 +1,83 @@
+r"""Train and evaluate a senet_jax model.
+
+    python main.py --config=configs/efficientnet_b3.py --workdir=/tmp/b3 \
+        --config.batch_size=1024 --config.data_dir=/data/tfds
+
+Multi-process (one process per host, or several on one machine): set
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or the same as
+SENET_COORDINATOR_ADDRESS / SENET_NUM_PROCESSES / SENET_PROCESS_ID); on Cloud TPU pods and
+SLURM `--distributed` lets JAX discover them. Exit codes: 0 done, 1 error, 2 bad config,
+42 preempted after writing a checkpoint.
+"""
+import os
+import sys
+
+# TensorFlow only reads data on the host: hide accelerators from it before it is imported.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and eval results.')
+flags.DEFINE_enum('mode', 'train_and_eval', ['train_and_eval', 'eval'],
+                  'train_and_eval, or eval only (the latest checkpoint in workdir).')
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() with auto-detection.')
+flags.DEFINE_string('coordinator_address', os.environ.get('SENET_COORDINATOR_ADDRESS'),
+                    'host:port of process 0 for multi-process runs.')
+flags.DEFINE_integer('num_processes', int(os.environ.get('SENET_NUM_PROCESSES', '0')) or None,
+                     'Number of processes.')
+flags.DEFINE_integer('process_id', int(os.environ.get('SENET_PROCESS_ID', '-1')),
+                     'This process (0..num_processes-1).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+class _QuietLibraries:
+  """Drops INFO chatter of orbax (one line per file written) from the log."""
+
+  def filter(self, record) -> bool:
+    import logging as py_logging
+    return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU') if tf.config.list_physical_devices('TPU') else None
+
+
+def _init_distributed() -> None:
+  import jax
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  elif FLAGS.distributed:
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  _hide_accelerators_from_tensorflow()
+  _init_distributed()
+  import train  # after distributed init: it queries devices
+  from senet_jax.training import preemption
+  config = FLAGS.config
+  try:
+    results = (train.evaluate_only(config, FLAGS.workdir) if FLAGS.mode == 'eval'
+               else train.train_and_evaluate(config, FLAGS.workdir))
+  except train.ConfigError as err:
+    logging.error('bad config: %s', err)
+    print(f'error: {err}', file=sys.stderr)
+    sys.exit(2)
+  except preemption.Preempted as err:
+    logging.warning('%s', err)
+    sys.exit(train.PREEMPTED_EXIT_CODE)
+  summary = ', '.join(f'{k} {v:.4f}' for k, v in sorted(results.items()))
+  print(f'final eval: {summary}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,48 @@
+"""Config checks that run before any compute; every error names the config field."""
+from __future__ import annotations
+
+import os
+
+from senet_jax.models import list_models, model_info
+from senet_jax.training import optim
+
+MIN_RESOLUTION = 32  # every registered network downsamples by 32
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the field and what was expected."""
+
+
+def validate_config(config, workdir: str, device_count: int, process_count: int,
+                    eval_only: bool = False) -> None:
+  """Raises ConfigError for the first invalid field (nothing has been computed yet)."""
+  if config.model not in list_models():
+    raise ConfigError(f'config.model={config.model!r} is not a registered model; choose one '
+                      f'of: {", ".join(list_models())}')
+  for field in ('batch_size', 'eval_batch_size'):
+    value = config[field]
+    if value <= 0 or value % device_count or value % process_count:
+      raise ConfigError(f'config.{field}={value} must be a positive multiple of the device '
+                        f'count ({device_count}) and the process count ({process_count})')
+  if config.grad_accum_steps < 1 or config.batch_size % (config.grad_accum_steps * device_count):
+    raise ConfigError(f'config.grad_accum_steps={config.grad_accum_steps}: batch_size '
+                      f'{config.batch_size} must split into that many micro-batches with '
+                      f'every device getting the same share of each')
+  if not config.learning_rate > 0:
+    raise ConfigError(f'config.learning_rate must be > 0, got {config.learning_rate}')
+  if config.image_size < MIN_RESOLUTION:
+    raise ConfigError(f'config.image_size={config.image_size} is too small: the networks '
+                      f'downsample by 32, so it must be >= {MIN_RESOLUTION}')
+  if not eval_only and config.num_epochs <= 0 and config.num_train_steps <= 0:
+    raise ConfigError('set config.num_epochs > 0 or config.num_train_steps > 0')
+  if config.num_classes < 1:
+    raise ConfigError(f'config.num_classes must be >= 1, got {config.num_classes}')
+  if config.dtype not in ('float32', 'bfloat16'):
+    raise ConfigError(f"config.dtype={config.dtype!r}; allowed: ['float32', 'bfloat16']")
+  for field, allowed in (('optimizer', optim.OPTIMIZERS), ('lr_schedule', optim.SCHEDULES),
+                         ('augment', ('none', 'autoaugment', 'randaugment'))):
+    if config[field] not in allowed:
+      raise ConfigError(f'config.{field}={config[field]!r}; allowed: {list(allowed)}')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f'--workdir={workdir!r} exists and is not a directory')
+  model_info(config.model)  # registry errors are already clear
