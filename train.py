@@ -103,8 +103,10 @@ def _init_from(state, config, replicated):
   if 'batch_stats' in pretrained:
     stats = ckpt_lib.merge_pretrained(stats, pretrained['batch_stats'], exclude)
   params, stats = jax.device_put((params, stats), replicated)
-  return state.replace(params=params, batch_stats=stats, ema_params=params,
-                       ema_batch_stats=stats)
+  # Separate buffers for the EMA copies: the train step donates the whole state.
+  ema_params, ema_stats = jax.device_put((params, stats), replicated, may_alias=False)
+  return state.replace(params=params, batch_stats=stats, ema_params=ema_params,
+                       ema_batch_stats=ema_stats)
 
 
 def _check_finite(pending: list, first_step: int) -> None:
