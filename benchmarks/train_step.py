@@ -1,0 +1,223 @@
+r"""senet_jax vs timm: training-step and inference throughput, side by side in one process.
+
+    python benchmarks/train_step.py                                  # CPU defaults
+    python benchmarks/train_step.py --models=efficientnet_b0 --shapes=224x16 --repeats=7
+    python benchmarks/train_step.py --torch_compile --json=bench.json  # GPU: bf16 + channels_last
+
+For every (model, resolution x batch) it builds the same network in both frameworks (timm's
+matching layout, see TIMM_NAMES), compiles / warms up, then alternates timed rounds of JAX and
+PyTorch so machine noise hits both, and reports the median images/s, the ratio
+senet_jax / timm, the JAX compile time and peak device memory (GPU). A training step is
+forward + backward + SGD-momentum update + BatchNorm statistics in both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# senet_jax name -> (timm name, senet_jax overrides) with the same architecture and layout.
+TIMM_NAMES = {
+    'efficientnet_b0': ('tf_efficientnet_b0', {}),
+    'efficientnet_b0_sym': ('efficientnet_b0', {'padding': 'symmetric', 'bn_epsilon': 1e-5}),
+    'se_resnet50': ('legacy_seresnet50', {}),
+    'se_resnet50_v15': ('seresnet50', {'layout': 'v1.5'}),
+    'resnet50': ('resnet50', {'layout': 'v1.5'}),
+    'se_resnext50_32x4d': ('legacy_seresnext50_32x4d', {}),
+    'senet154': ('legacy_senet154', {}),
+}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument('--models', default='efficientnet_b0,se_resnet50,se_resnext50_32x4d')
+  p.add_argument('--shapes', default='224x16,64x64', help='RESOLUTIONxBATCH, comma separated')
+  p.add_argument('--repeats', type=int, default=5, help='timed rounds per framework')
+  p.add_argument('--iters', type=int, default=3, help='steps per timed round')
+  p.add_argument('--threads', type=int, default=os.cpu_count())
+  p.add_argument('--mode', default='train,infer')
+  p.add_argument('--torch_compile', action='store_true', help='also time torch.compile')
+  p.add_argument('--no_torch', action='store_true', help='senet_jax only')
+  p.add_argument('--conv_impl', default='auto')
+  p.add_argument('--dtype', default='auto', help="'auto': bfloat16 on GPU, float32 on CPU")
+  p.add_argument('--json', default='', help='write the results here')
+  return p.parse_args(argv)
+
+
+def _time_rounds(fn, iters):
+  start = time.perf_counter()
+  for _ in range(iters):
+    fn()
+  return time.perf_counter() - start
+
+
+def jax_runner(name, overrides, res, batch, train, dtype, conv_impl):
+  """Returns (step_fn, compile_seconds) for senet_jax."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from senet_jax.models import create_model
+  model_name = name.replace('_sym', '').replace('_v15', '')
+  model = create_model(model_name, dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32,
+                       conv_impl=conv_impl, **overrides)
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(batch, res, res, 3).astype(np.float32))
+  y = jnp.asarray(rng.randint(0, 1000, batch))
+  variables = jax.jit(model.init)(jax.random.key(0), x[:1])
+  opt = optax.sgd(0.01, momentum=0.9)
+  if train:
+    def step(params, stats, opt_state, x, y, key):
+      def loss_fn(p):
+        logits, upd = model.apply({'params': p, 'batch_stats': stats}, x, train=True,
+                                  mutable=['batch_stats'], rngs={'dropout': key})
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), y).mean(), upd['batch_stats']
+      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = opt.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), stats, opt_state, loss
+    args = [variables['params'], variables['batch_stats'], opt.init(variables['params']), x, y,
+            jax.random.key(1)]
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    state = {'args': args}
+
+    def run():
+      p, s, o, loss = compiled(*state['args'])
+      state['args'] = [p, s, o, x, y, state['args'][5]]
+      loss.block_until_ready()
+  else:
+    fwd = lambda v, x: model.apply(v, x, train=False)
+    t0 = time.perf_counter()
+    compiled = jax.jit(fwd).lower(variables, x).compile()
+    compile_s = time.perf_counter() - t0
+
+    def run():
+      compiled(variables, x).block_until_ready()
+  return run, compile_s
+
+
+def torch_runner(timm_name, res, batch, train, on_gpu, compile_model):
+  """Returns a step function for timm (eager, or torch.compile)."""
+  import timm
+  import torch
+  device = 'cuda' if on_gpu else 'cpu'
+  model = timm.create_model(timm_name, pretrained=False).to(device)
+  x = torch.randn(batch, 3, res, res, device=device)
+  y = torch.randint(0, 1000, (batch,), device=device)
+  if on_gpu:
+    model = model.to(memory_format=torch.channels_last)
+    x = x.to(memory_format=torch.channels_last)
+  if compile_model:
+    model = torch.compile(model)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=on_gpu)
+  sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+  if train:
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def run():
+      with autocast:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      opt.step()
+      sync()
+  else:
+    model.eval()
+
+    def run():
+      with torch.no_grad(), autocast:
+        model(x)
+      sync()
+  return run
+
+
+def peak_memory_gb(on_gpu):
+  """(jax, torch) peak device memory in GB on GPU; None on CPU."""
+  if not on_gpu:
+    return None, None
+  import jax
+  import torch
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use', 0) / 1e9, torch.cuda.max_memory_allocated() / 1e9
+
+
+def bench_one(args, name, res, batch, train, on_gpu, dtype):
+  timm_name, overrides = TIMM_NAMES[name]
+  run_jax, compile_s = jax_runner(name, overrides, res, batch, train, dtype, args.conv_impl)
+  runners = {'senet_jax': run_jax}
+  if not args.no_torch:
+    runners['timm'] = torch_runner(timm_name, res, batch, train, on_gpu, False)
+    if args.torch_compile:
+      try:
+        runners['timm_compile'] = torch_runner(timm_name, res, batch, train, on_gpu, True)
+      except Exception as err:  # noqa: BLE001 - report and go on
+        print(f'  torch.compile unavailable for {timm_name}: {err}', file=sys.stderr)
+  for fn in runners.values():  # warm-up (compiles torch.compile, autotunes cuDNN)
+    fn()
+    fn()
+  times = {k: [] for k in runners}
+  for _ in range(args.repeats):
+    for k, fn in runners.items():
+      times[k].append(_time_rounds(fn, args.iters))
+  ips = {k: batch * args.iters / statistics.median(v) for k, v in times.items()}
+  row = {'model': name, 'timm_model': timm_name, 'mode': 'train' if train else 'infer',
+         'resolution': res, 'batch': batch, 'dtype': dtype, 'jax_compile_s': compile_s,
+         **{f'{k}_img_s': v for k, v in ips.items()}}
+  for k in runners:
+    if k != 'senet_jax':
+      row[f'ratio_vs_{k}'] = ips['senet_jax'] / ips[k]
+  row['jax_peak_gb'], row['torch_peak_gb'] = peak_memory_gb(on_gpu)
+  return row
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  import jax
+  on_gpu = jax.default_backend() == 'gpu'
+  dtype = args.dtype if args.dtype != 'auto' else ('bfloat16' if on_gpu else 'float32')
+  if not args.no_torch:
+    import torch
+    torch.set_num_threads(args.threads)
+  rows = []
+  for name in args.models.split(','):
+    for shape in args.shapes.split(','):
+      res, batch = (int(v) for v in shape.split('x'))
+      for mode in args.mode.split(','):
+        row = bench_one(args, name, res, batch, mode == 'train', on_gpu, dtype)
+        rows.append(row)
+        print(format_row(row), flush=True)
+  print('\n' + markdown_table(rows))
+  print(f'\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}), '
+        f'{args.threads} threads, jax {jax.__version__}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'rows': rows, 'device': jax.devices()[0].device_kind}, f, indent=1)
+
+
+def format_row(row):
+  extra = ' '.join(f'{k}={v:.2f}' for k, v in row.items() if k.startswith('ratio'))
+  return (f"{row['model']:>22} {row['mode']:5} {row['resolution']}x{row['batch']:<3} "
+          f"senet_jax {row['senet_jax_img_s']:8.1f} img/s  timm {row.get('timm_img_s', 0):8.1f}"
+          f"  {extra}  compile {row['jax_compile_s']:.1f}s")
+
+
+def markdown_table(rows):
+  lines = ['| model | mode | res x batch | senet_jax img/s | timm img/s | ratio | compile (s) |',
+           '|---|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f"| {r['model']} ({r['timm_model']}) | {r['mode']} | {r['resolution']}x"
+                 f"{r['batch']} | {r['senet_jax_img_s']:.1f} | {r.get('timm_img_s', 0):.1f} | "
+                 f"{r.get('ratio_vs_timm', float('nan')):.2f} | {r['jax_compile_s']:.1f} |")
+  return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  main()
