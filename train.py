@@ -94,10 +94,9 @@ def _write_eval_json(workdir: str, step: int, results: dict) -> None:
   os.replace(tmp, path)  # never a half-written file
 
 
-def _init_from(state, config, replicated):
-  """Fine-tuning: pretrained params/batch_stats except the re-initialised head."""
+def _init_from(state, config, replicated, exclude: tuple[str, ...]):
+  """Pretrained params/batch_stats except the top-level entries in `exclude` (the head)."""
   pretrained = ckpt_lib.load_params(config.init_from)
-  exclude = tuple(config.init_from_exclude)
   params = ckpt_lib.merge_pretrained(jax.device_get(state.params), pretrained['params'], exclude)
   stats = jax.device_get(state.batch_stats)
   if 'batch_stats' in pretrained:
@@ -172,8 +171,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                               state_shardings))
     _log('resumed from step %d (%s)', latest, checkpointer.directory)
   elif config.init_from:
-    state = _init_from(state, config, replicated)
-    _log('initialised from %s (re-initialised: %s)', config.init_from, config.init_from_exclude)
+    # Fine-tuning re-initialises the head; evaluating converted weights keeps everything.
+    exclude = () if eval_only else tuple(config.init_from_exclude)
+    state = _init_from(state, config, replicated, exclude)
+    _log('initialised from %s (re-initialised: %s)', config.init_from, exclude)
   elif eval_only:
     raise ConfigError(f'--mode=eval needs a checkpoint in {workdir}/checkpoints or '
                       'config.init_from')

@@ -49,6 +49,7 @@ class ResidualUnit(nn.Module):
   se_position: str = 'standard'
   drop_path_rate: float = 0.0
   zero_init_last_bn: bool = False
+  relu_before_se: bool = False
   conv: Callable = layers.Conv2d
   norm: Callable = nn.BatchNorm
   act: Callable = nn.relu
@@ -84,7 +85,9 @@ class ResidualUnit(nn.Module):
       if se_after_3x3 is not None:
         y = se_after_3x3(name='se')(y)
       y = self.conv(self.out_channels, 3, 1, groups=self.groups, name='conv2')(y)
-      return norm(name='bn2', scale_init=last_init)(y)
+      y = norm(name='bn2', scale_init=last_init)(y)
+      # timm's legacy SE-ResNet-18/34 weights were trained with a ReLU here (before SE).
+      return self.act(y) if self.relu_before_se else y
     s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
     y = self.act(norm(name='bn1')(self.conv(self.conv1_width, 1, s1, name='conv1')(x)))
     y = self.conv(self.width, 3, s3, groups=self.groups, name='conv2')(y)
@@ -103,6 +106,8 @@ class ResNet(nn.Module):
   SE fields: `se` turns SE on; `se_stages` lists the paper stages (2..5) that get it (None: all);
   `se_reduction`, `se_width_rule` (None: the layout's rule), `se_squeeze`, `se_gate`, `se_act`,
   `se_bias` and `se_position` are the SqueezeExcite / ResidualUnit knobs.
+  `basic_relu_before_se` reproduces timm's legacy SE-ResNet-18/34 (a ReLU after the basic
+  block's last BN, before SE), which their released weights need.
   """
   stage_sizes: Sequence[int]
   stage_planes: Sequence[int] = (64, 128, 256, 512)
@@ -128,6 +133,7 @@ class ResNet(nn.Module):
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   zero_init_last_bn: bool = False
+  basic_relu_before_se: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   conv_impl: str = 'auto'
@@ -190,7 +196,8 @@ class ResNet(nn.Module):
             project_kernel=self.project_kernel if s > 0 else 1,
             se_layer=self._se_factory(stage, b + 1), se_position=self.se_position,
             drop_path_rate=self.drop_path_rate * block_index / total_blocks,
-            zero_init_last_bn=self.zero_init_last_bn, conv=conv, norm=norm,
+            zero_init_last_bn=self.zero_init_last_bn,
+            relu_before_se=self.basic_relu_before_se, conv=conv, norm=norm,
             name=f'layer{s + 1}_{b}')(x, train)
         in_channels = out_channels
         block_index += 1

@@ -1,0 +1,115 @@
+"""keras.applications.EfficientNetB0..B7 weight files (HDF5) -> senet_jax variables.
+
+Reads the legacy HDF5 weight format of the files keras.applications downloads
+(`efficientnetb0.h5`, ...: root attribute `layer_names`, one group per layer) with h5py: no
+Keras and no code execution needed.
+
+Inputs: Keras models contain their own input normalisation (Rescaling(1/255), a Normalization
+layer whose mean/variance are stored in the weights file, and, for `weights='imagenet'`, an
+extra Rescaling by 1/sqrt(std) that makes the original TF normalisation). senet_jax models take
+normalised images, so the converter turns those layers into the `mean_rgb` / `std_rgb` of the
+recorded preprocessing: feed `(pixels_0_255 - mean_rgb) / std_rgb` to get Keras' logits.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import h5py
+import numpy as np
+
+from senet_jax.convert import core
+from senet_jax.models import create_model, model_info
+
+MODELS = {f'efficientnetb{i}': f'efficientnet_b{i}' for i in range(8)}
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_legacy_h5(path: str) -> dict[str, list[np.ndarray]]:
+  """{layer name: [weights in Keras order]} from a Keras (2-style) HDF5 weights file."""
+  with h5py.File(path, 'r') as f:
+    root = f['model_weights'] if 'model_weights' in f else f
+    if 'layer_names' not in root.attrs:
+      raise core.ConversionError(f'{path}: not a Keras HDF5 weights file (no layer_names)')
+    layers = {}
+    for name in root.attrs['layer_names']:
+      name = name.decode() if isinstance(name, bytes) else name
+      group = root[name]
+      names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs['weight_names']]
+      if names:
+        layers[name] = [np.asarray(group[n]) for n in names]
+  return layers
+
+
+def _block_path(stage: str, letter: str) -> str:
+  return f'blocks_{int(stage) - 1}_{ord(letter) - ord("a")}'
+
+
+_BLOCK_LAYERS = {'expand_conv': 'conv_pw', 'expand_bn': 'bn_pw', 'dwconv': 'conv_dw',
+                 'bn': 'bn_dw', 'se_reduce': 'se/reduce', 'se_expand': 'se/expand',
+                 'project_conv': 'conv_pwl', 'project_bn': 'bn_pwl'}
+_TOP_LAYERS = {'stem_conv': 'conv_stem', 'stem_bn': 'bn_stem', 'top_conv': 'conv_head',
+               'top_bn': 'bn_head', 'predictions': 'classifier'}
+
+
+def _leaves(path: str, weights: list[np.ndarray]):
+  """(collection, path..., leaf) -> array for one Keras layer."""
+  if path.split('/')[-1].startswith('bn'):
+    gamma, beta, mean, var = weights
+    keys = path.split('/')
+    return {('params', *keys, 'scale'): gamma, ('params', *keys, 'bias'): beta,
+            ('batch_stats', *keys, 'mean'): mean, ('batch_stats', *keys, 'var'): var}
+  kernel = weights[0]
+  if path.endswith('conv_dw'):  # (k, k, C, 1) -> (k, k, 1, C)
+    kernel = np.transpose(kernel, (0, 1, 3, 2))
+  out = {('params', *path.split('/'), 'kernel'): kernel}
+  if len(weights) > 1:
+    out[('params', *path.split('/'), 'bias')] = weights[1]
+  return out
+
+
+def from_keras(weights: str | dict, keras_name: str = 'efficientnetb0',
+               imagenet_rescaling: bool = True):
+  """Converts keras.applications EfficientNet weights; returns (module, variables, prep).
+
+  Args:
+    weights: path of the .h5 file, or {layer name: [arrays]}.
+    keras_name: 'efficientnetb0' ... 'efficientnetb7'.
+    imagenet_rescaling: the Keras model was built with weights='imagenet' (extra 1/sqrt(std)
+      input rescaling); False for a model built with weights=None.
+  """
+  if keras_name not in MODELS:
+    raise core.ConversionError(f'unsupported Keras model {keras_name!r}; supported: '
+                               f'{sorted(MODELS)}')
+  layers = read_legacy_h5(weights) if isinstance(weights, str) else dict(weights)
+  converted, unexpected, norm = {}, [], None
+  for name, arrays in layers.items():
+    match = re.fullmatch(r'block(\d)([a-z])_(.+)', name)
+    if match and match.group(3) in _BLOCK_LAYERS:
+      path = f'{_block_path(match.group(1), match.group(2))}/{_BLOCK_LAYERS[match.group(3)]}'
+    elif name in _TOP_LAYERS:
+      path = _TOP_LAYERS[name]
+    elif name.startswith('normalization'):
+      norm = arrays
+      continue
+    else:
+      unexpected.append(name)
+      continue
+    converted.update(_leaves(path, arrays))
+  num_classes = converted[('params', 'classifier', 'kernel')].shape[1] if (
+      ('params', 'classifier', 'kernel') in converted) else 1000
+  model = create_model(MODELS[keras_name], num_classes=num_classes)
+  variables = core.check_and_fill(converted, core.abstract_variables(model), unexpected,
+                                  f'Keras {keras_name}')
+  return model, variables, input_preprocessing(norm, MODELS[keras_name], imagenet_rescaling)
+
+
+def input_preprocessing(norm, model_name: str, imagenet_rescaling: bool) -> core.Preprocessing:
+  """mean/std on the 0..255 scale equivalent to Keras' Rescaling + Normalization layers."""
+  mean = np.zeros(3) if norm is None else np.reshape(norm[0], -1)[:3]
+  var = np.ones(3) if norm is None else np.reshape(norm[1], -1)[:3]
+  extra = np.asarray([1 / math.sqrt(s) for s in IMAGENET_STD]) if imagenet_rescaling else 1.0
+  std = 255.0 * np.sqrt(var) / extra
+  resolution = model_info(model_name).resolution
+  return core.Preprocessing(resolution, resolution / (resolution + 32), 'bicubic',
+                            tuple(float(v) for v in 255.0 * mean), tuple(float(v) for v in std))
