@@ -5,6 +5,12 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# jemalloc (apt-get install libjemalloc2) makes XLA:CPU much faster; used when installed.
+JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2))
+ifneq ($(JEMALLOC),)
+export LD_PRELOAD := $(JEMALLOC) $(LD_PRELOAD)
+export MALLOC_CONF := dirty_decay_ms:-1,muzzy_decay_ms:-1
+endif
 # Tests use both cores of the reference machine; override with `make test PYTEST_WORKERS=4`.
 PYTEST_WORKERS ?= 2
 

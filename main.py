@@ -12,6 +12,10 @@ SLURM `--distributed` lets JAX discover them. Exit codes: 0 done, 1 error, 2 bad
 import os
 import sys
 
+if __name__ == '__main__':  # before anything allocates: XLA:CPU is much faster on jemalloc
+  from senet_jax.utils import allocator
+  allocator.reexec_with_jemalloc()
+
 # TensorFlow only reads data on the host: hide accelerators from it before it is imported.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 

@@ -180,6 +180,8 @@ def bench_one(args, name, res, batch, train, on_gpu, dtype):
 
 def main(argv=None):
   args = parse_args(argv)
+  from senet_jax.utils import allocator
+  allocator.reexec_with_jemalloc()  # both frameworks then run on jemalloc, as main.py does
   import jax
   on_gpu = jax.default_backend() == 'gpu'
   dtype = args.dtype if args.dtype != 'auto' else ('bfloat16' if on_gpu else 'float32')

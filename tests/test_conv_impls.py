@@ -14,6 +14,9 @@ CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, 
     ('dense', 8, 16, 4, 3, 1, ((1, 1), (1, 1)), 7),
     ('dense', 16, 16, 8, 3, 2, ((1, 1), (1, 1)), 8),
     ('dense', 8, 8, 8, 3, 2, 'SAME', 7),      # depthwise as dense also correct
+    ('matmul', 8, 16, 1, 1, 1, 'SAME', 7),    # 1x1 as a channel contraction
+    ('matmul', 8, 16, 1, 1, 2, ((0, 0), (0, 0)), 8),  # strided 1x1 (ResNet projections)
+    ('matmul', 8, 16, 1, 1, 2, 'SAME', 7),
 ]
 
 
@@ -36,6 +39,8 @@ def test_auto_resolves_per_backend():
   assert conv_impls.resolve_impl('auto', 32, 128, backend='cpu') == 'dense'
   assert conv_impls.resolve_impl('auto', 32, 128, backend='gpu') == 'xla'
   assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu') == 'xla'
+  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=1) == 'matmul'
+  assert conv_impls.resolve_impl('auto', 1, 128, backend='gpu', kernel_size=1) == 'xla'
 
 
 def test_shift_rejects_non_depthwise_and_unknown_impl():

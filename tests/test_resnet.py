@@ -160,6 +160,17 @@ def test_max_pool_ceil_mode_matches_hand_computed_windows():
   np.testing.assert_array_equal(padded, [[7, 9, 11], [19, 21, 23], [31, 33, 35]])
 
 
+def test_max_pool_values_and_gradient_match_reduce_window():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 10, 3))
+  pads = ((1, 1), (1, 1))
+  ours = lambda x: layers.max_pool(x, 3, 2, pads)
+  ref = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=pads)
+  np.testing.assert_array_equal(ours(x), ref(x))
+  probe = jax.random.normal(jax.random.key(1), ref(x).shape)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * probe))(x)
+  np.testing.assert_allclose(grad(ours), grad(ref), atol=1e-6)  # no ties in random data
+
+
 def test_se_stages_select_where_gates_are_recorded():
   model = tiny(se_stages=(3,))
   variables = init_variables(model)

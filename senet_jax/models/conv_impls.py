@@ -13,8 +13,13 @@ speed per backend:
   dense convolution. It does `groups` times the arithmetic, but XLA:CPU's dense convolution
   (oneDNN) is so much faster than its grouped one that this wins for ResNeXt widths.
 
-'auto' picks per backend: on CPU 'shift' for depthwise and 'dense' for other grouped
-convolutions, 'xla' everywhere else.
+- 'matmul': 1x1 dense convolutions as one `dot_general` over the channel axis (strided
+  inputs subsampled first). XLA:CPU runs these 3-9x faster than the same 1x1
+  `conv_general_dilated`, forward and backward, and 1x1 convs carry most of the FLOPs of
+  EfficientNet and of bottleneck ResNets.
+
+'auto' picks per backend: on CPU 'matmul' for 1x1, 'shift' for depthwise and 'dense' for other
+grouped convolutions, 'xla' everywhere else.
 """
 from __future__ import annotations
 
@@ -24,21 +29,27 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLS = ('auto', 'xla', 'shift', 'dense')
+IMPLS = ('auto', 'xla', 'shift', 'dense', 'matmul')
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
-def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None = None) -> str:
+def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None = None,
+                 kernel_size: int = 3) -> str:
   """Returns the concrete formulation for `impl` ('auto' resolved on the current backend)."""
   if impl not in IMPLS:
     raise ValueError(f'conv_impl={impl!r} is not valid; allowed values: {list(IMPLS)}')
+  on_cpu = (backend or jax.default_backend()) == 'cpu'
   if groups == 1:
+    if kernel_size == 1 and (impl == 'matmul' or (impl == 'auto' and on_cpu)):
+      return 'matmul'
     return 'xla'
   depthwise = groups == in_channels
   if impl == 'auto':
-    if (backend or jax.default_backend()) != 'cpu':
+    if not on_cpu:
       return 'xla'
     return 'shift' if depthwise else 'dense'
+  if impl == 'matmul':
+    raise ValueError(f"conv_impl='matmul' needs a dense 1x1 conv, got groups={groups}")
   if impl == 'shift' and not depthwise:
     raise ValueError(f"conv_impl='shift' needs a depthwise conv (groups == in_channels), got "
                      f'groups={groups} with {in_channels} input channels')
@@ -96,9 +107,21 @@ def conv_dense(x, kernel, strides: int, padding: Any, groups: int):
   return conv_xla(x, block_diagonal_kernel(kernel, groups), strides, padding, 1)
 
 
+def conv_matmul(x, kernel, strides: int, padding: Any):
+  """1x1 conv as a contraction over channels (after subsampling for stride > 1)."""
+  (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, strides, padding)
+  if pt or pb or pl or pr:
+    x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  if strides > 1:
+    x = x[:, ::strides, ::strides, :]
+  return lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
+
+
 def conv(x, kernel, strides: int, padding: Any, groups: int, impl: str = 'auto'):
   """Grouped/depthwise/dense convolution computed with the formulation `impl`."""
-  impl = resolve_impl(impl, groups, x.shape[-1])
+  impl = resolve_impl(impl, groups, x.shape[-1], kernel_size=kernel.shape[0] * kernel.shape[1])
+  if impl == 'matmul':
+    return conv_matmul(x, kernel, strides, padding)
   if impl == 'shift':
     return conv_shift(x, kernel, strides, padding)
   if impl == 'dense':

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from senet_jax.models import layers
+from senet_jax.models import conv_impls, layers
 from senet_jax.models import squeeze_excite as se_lib
 from senet_jax.models.registry import register
 
@@ -169,7 +169,7 @@ class EfficientNet(nn.Module):
     layers.check_choice('padding', self.padding, layers.PADDING_MODES)
     layers.check_choice('act', self.act, tuple(layers.ACTIVATIONS))
     layers.check_choice('se_width_base', self.se_width_base, ('input', 'expanded'))
-    layers.check_choice('conv_impl', self.conv_impl, ('auto', 'xla', 'shift', 'dense'))
+    layers.check_choice('conv_impl', self.conv_impl, conv_impls.IMPLS)
     se_lib.validate_se_options(squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act,
                                width_rule=self.se_width_rule, reduction=1.0)
     if self.se_ratio is not None and not 0 < self.se_ratio <= 1:

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from senet_jax.models import layers
+from senet_jax.models import conv_impls, layers
 from senet_jax.models import squeeze_excite as se_lib
 
 LAYOUTS = ('original', 'v1.5')
@@ -149,7 +149,7 @@ class ResNet(nn.Module):
     layers.check_choice('layout', self.layout, LAYOUTS)
     layers.check_choice('stem', self.stem, STEMS)
     layers.check_choice('se_position', self.se_position, se_lib.POSITIONS)
-    layers.check_choice('conv_impl', self.conv_impl, ('auto', 'xla', 'shift', 'dense'))
+    layers.check_choice('conv_impl', self.conv_impl, conv_impls.IMPLS)
     se_lib.validate_se_options(squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act,
                                width_rule=self._se_width_rule(), reduction=self.se_reduction)
     if len(self.stage_planes) != len(self.stage_sizes):
