@@ -94,6 +94,34 @@ def _write_eval_json(workdir: str, step: int, results: dict) -> None:
   os.replace(tmp, path)  # never a half-written file
 
 
+def check_shared_workdir(workdir: str, timeout_s: float = 10.0) -> None:
+  """With several processes, fails within seconds if `workdir` is not one shared directory.
+
+  (orbax would otherwise wait ~10 minutes for files the other processes never see.)
+  """
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+  token = np.asarray(multihost_utils.broadcast_one_to_all(
+      np.asarray(time.time_ns() % (2 ** 62), np.int64)))
+  path = os.path.join(workdir, f'.shared_check_{int(token)}')
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      f.write('senet_jax')
+  multihost_utils.sync_global_devices('shared_workdir_written')
+  deadline = time.time() + timeout_s
+  while not os.path.exists(path) and time.time() < deadline:
+    time.sleep(0.2)
+  seen = np.asarray(os.path.exists(path), np.int32)
+  all_seen = multihost_utils.process_allgather(seen)
+  if jax.process_index() == 0:
+    os.remove(path)
+  if not np.all(all_seen):
+    missing = [i for i, ok in enumerate(np.ravel(all_seen)) if not ok]
+    raise ConfigError(f'--workdir={workdir!r} is not shared: processes {missing} cannot see '
+                      f'files written by process 0 (use a shared file system or a bucket)')
+
+
 def _init_from(state, config, replicated, exclude: tuple[str, ...]):
   """Pretrained params/batch_stats except the top-level entries in `exclude` (the head)."""
   pretrained = ckpt_lib.load_params(config.init_from)
@@ -132,7 +160,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains and evaluates; returns the final eval metrics. Resumes from `workdir` if present."""
   # ---- Setup and mesh ------------------------------------------------------------------
   validate_config(config, workdir, jax.device_count(), jax.process_count(), eval_only)
+  watcher = preemption.PreemptionWatcher()  # first: a SIGTERM from here on is handled
   os.makedirs(workdir, exist_ok=True)
+  check_shared_workdir(workdir)
   if config.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
   mesh = Mesh(np.asarray(jax.devices()), ('data',))
@@ -165,10 +195,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ---- Checkpoint: resume, or start from init_from -------------------------------------
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                        config.keep_checkpoints, config.keep_best_checkpoint)
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    state, meta = checkpointer.restore(latest, abstract_state(model, optimizer, image_shape,
-                                                              state_shardings))
+  restored = checkpointer.restore_latest_usable(
+      abstract_state(model, optimizer, image_shape, state_shardings))
+  if restored is not None:
+    state, _, latest = restored
     _log('resumed from step %d (%s)', latest, checkpointer.directory)
   elif config.init_from:
     # Fine-tuning re-initialises the head; evaluating converted weights keeps everything.
@@ -197,7 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   hooks = [report]
   if config.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
-  watcher = preemption.PreemptionWatcher()
+  if watcher.should_stop(start_step):  # SIGTERM before the first step: nothing new to save
+    checkpointer.close()
+    raise preemption.Preempted(start_step)
   pending, window_start, t0 = [], start_step, time.perf_counter()
   results = {}
   step = start_step

@@ -51,6 +51,6 @@ def create_sharded_state(model, optimizer, rng, image_shape, sharding) -> tuple[
 def abstract_state(model, optimizer, image_shape, shardings) -> TrainState:
   """ShapeDtypeStructs of the state carrying their target shardings (for restoring)."""
   abstract = jax.eval_shape(
-      lambda r: init_train_state(model, optimizer, r, image_shape), jax.random.key(0))
+      lambda r: init_train_state(model, optimizer, r, image_shape), jax.random.PRNGKey(0))
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
