@@ -17,6 +17,9 @@ CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, 
     ('matmul', 8, 16, 1, 1, 1, 'SAME', 7),    # 1x1 as a channel contraction
     ('matmul', 8, 16, 1, 1, 2, ((0, 0), (0, 0)), 8),  # strided 1x1 (ResNet projections)
     ('matmul', 8, 16, 1, 1, 2, 'SAME', 7),
+    ('im2col', 8, 16, 1, 3, 1, ((1, 1), (1, 1)), 2),  # 3x3 on a 2x2 map
+    ('im2col', 8, 16, 1, 3, 2, 'SAME', 5),
+    ('im2col', 8, 16, 1, 5, 1, 'SAME', 3),
 ]
 
 
@@ -41,6 +44,10 @@ def test_auto_resolves_per_backend():
   assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu') == 'xla'
   assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=1) == 'matmul'
   assert conv_impls.resolve_impl('auto', 1, 128, backend='gpu', kernel_size=1) == 'xla'
+  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=9, spatial=4) == (
+      'im2col')
+  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=9, spatial=49) == (
+      'xla')
 
 
 def test_shift_rejects_non_depthwise_and_unknown_impl():

@@ -18,7 +18,12 @@ speed per backend:
   `conv_general_dilated`, forward and backward, and 1x1 convs carry most of the FLOPs of
   EfficientNet and of bottleneck ResNets.
 
-'auto' picks per backend: on CPU 'matmul' for 1x1, 'shift' for depthwise and 'dense' for other
+- 'im2col': dense kxk convs as k*k shifted slices concatenated on channels and one matmul.
+  On XLA:CPU, convs whose input is not larger than the kernel (a 3x3 conv on the 2x2 maps of
+  the last ResNet stage at 64 px) leave the fast YNNPACK path for a generic one ~100x slower.
+
+'auto' picks per backend: on CPU 'matmul' for 1x1, 'im2col' for kxk on maps no larger than
+the kernel, 'shift' for depthwise and 'dense' for other
 grouped convolutions, 'xla' everywhere else.
 """
 from __future__ import annotations
@@ -29,12 +34,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLS = ('auto', 'xla', 'shift', 'dense', 'matmul')
+IMPLS = ('auto', 'xla', 'shift', 'dense', 'matmul', 'im2col')
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
 def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None = None,
-                 kernel_size: int = 3) -> str:
+                 kernel_size: int = 3, spatial: int = 1 << 30) -> str:
   """Returns the concrete formulation for `impl` ('auto' resolved on the current backend)."""
   if impl not in IMPLS:
     raise ValueError(f'conv_impl={impl!r} is not valid; allowed values: {list(IMPLS)}')
@@ -42,6 +47,9 @@ def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None =
   if groups == 1:
     if kernel_size == 1 and (impl == 'matmul' or (impl == 'auto' and on_cpu)):
       return 'matmul'
+    if impl == 'im2col' or (impl == 'auto' and on_cpu and kernel_size > 1
+                            and spatial <= kernel_size):
+      return 'im2col'
     return 'xla'
   depthwise = groups == in_channels
   if impl == 'auto':
@@ -50,6 +58,8 @@ def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None =
     return 'shift' if depthwise else 'dense'
   if impl == 'matmul':
     raise ValueError(f"conv_impl='matmul' needs a dense 1x1 conv, got groups={groups}")
+  if impl == 'im2col':
+    raise ValueError(f"conv_impl='im2col' needs a dense conv, got groups={groups}")
   if impl == 'shift' and not depthwise:
     raise ValueError(f"conv_impl='shift' needs a depthwise conv (groups == in_channels), got "
                      f'groups={groups} with {in_channels} input channels')
@@ -117,11 +127,28 @@ def conv_matmul(x, kernel, strides: int, padding: Any):
   return lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
 
 
+def conv_im2col(x, kernel, strides: int, padding: Any):
+  """Dense kxk conv as one matmul over k*k concatenated shifted slices."""
+  kh, kw, cin, cout = kernel.shape
+  (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, strides, padding)
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  out_h = (xp.shape[1] - kh) // strides + 1
+  out_w = (xp.shape[2] - kw) // strides + 1
+  cols = [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (out_h - 1) * strides + 1,
+                                       j + (out_w - 1) * strides + 1, cin),
+                    (1, strides, strides, 1)) for i in range(kh) for j in range(kw)]
+  return lax.dot_general(jnp.concatenate(cols, axis=-1), kernel.reshape(kh * kw * cin, cout),
+                         (((3,), (0,)), ((), ())))
+
+
 def conv(x, kernel, strides: int, padding: Any, groups: int, impl: str = 'auto'):
   """Grouped/depthwise/dense convolution computed with the formulation `impl`."""
-  impl = resolve_impl(impl, groups, x.shape[-1], kernel_size=kernel.shape[0] * kernel.shape[1])
+  impl = resolve_impl(impl, groups, x.shape[-1], kernel_size=kernel.shape[0] * kernel.shape[1],
+                      spatial=min(x.shape[1], x.shape[2]) ** 2)
   if impl == 'matmul':
     return conv_matmul(x, kernel, strides, padding)
+  if impl == 'im2col':
+    return conv_im2col(x, kernel, strides, padding)
   if impl == 'shift':
     return conv_shift(x, kernel, strides, padding)
   if impl == 'dense':
