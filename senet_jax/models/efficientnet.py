@@ -179,6 +179,7 @@ class EfficientNet(nn.Module):
                           tuple(range(FIRST_STAGE, FIRST_STAGE + len(self.blocks))))
     super().__post_init__()
 
+  @nn.nowrap
   def coefficients(self) -> tuple[float, float]:
     """(width, depth): from `phi` by compound scaling when given, else the fields."""
     if self.phi is not None:
@@ -186,6 +187,7 @@ class EfficientNet(nn.Module):
       return width, depth
     return self.width, self.depth
 
+  @nn.nowrap
   def stage_args(self) -> list[BlockArgs]:
     """The block table after width/depth scaling."""
     width, depth = self.coefficients()
@@ -219,11 +221,13 @@ class EfficientNet(nn.Module):
         index += 1
     x = conv(round_filters(self.head_channels, width), 1, 1, name='conv_head')(x)
     x = act(bn(name='bn_head')(x))
+    x = layers.FeatureTap(name='features')(x)
     x = layers.global_avg_pool(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=jnp.float32, name='classifier',
                     kernel_init=layers.dense_kernel_init_uniform_fan_out)(x)
 
+  @nn.nowrap
   def _se_factory(self, stage: int, block: int, args: BlockArgs, in_channels: int):
     ratio = self.se_ratio if self.se_ratio is not None else args.se_ratio
     if not self.se or not ratio or (self.se_stages is not None and stage not in self.se_stages):

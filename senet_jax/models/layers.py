@@ -203,6 +203,14 @@ class DropPath(nn.Module):
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+class FeatureTap(nn.Module):
+  """Identity on the last feature map (named 'features'): a hook for CAM / Grad-CAM."""
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return x
+
+
 def global_avg_pool(x: Array) -> Array:
   """Mean over H, W accumulated in float32 (bf16 sums over 49-3136 positions lose digits)."""
   return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -140,10 +140,11 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
 
   def __post_init__(self):
-    self.validate()
+    self._validate()
     super().__post_init__()
 
-  def validate(self) -> None:
+  @nn.nowrap
+  def _validate(self) -> None:
     """Raises ValueError naming the first invalid field and its allowed values."""
     layers.check_choice('block', self.block, BLOCKS)
     layers.check_choice('layout', self.layout, LAYOUTS)
@@ -161,11 +162,13 @@ class ResNet(nn.Module):
     if not 0.0 <= self.dropout_rate < 1.0 or not 0.0 <= self.drop_path_rate < 1.0:
       raise ValueError('dropout_rate and drop_path_rate must be in [0, 1)')
 
+  @nn.nowrap
   def _se_width_rule(self) -> str:
     if self.se_width_rule is not None:
       return self.se_width_rule
     return 'floor' if self.layout == 'original' else 'divisible'
 
+  @nn.nowrap
   def _stride_in_1x1(self) -> bool:
     if self.stride_in_1x1 is not None:
       return self.stride_in_1x1
@@ -201,6 +204,7 @@ class ResNet(nn.Module):
             name=f'layer{s + 1}_{b}')(x, train)
         in_channels = out_channels
         block_index += 1
+    x = layers.FeatureTap(name='features')(x)
     x = layers.global_avg_pool(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     head = nn.Dense(self.num_classes, dtype=jnp.float32, name='fc',
@@ -219,6 +223,7 @@ class ResNet(nn.Module):
       return layers.max_pool_ceil(x, 3, 2)
     return layers.max_pool_padded(x, 3, 2)
 
+  @nn.nowrap
   def _se_factory(self, stage: int, block: int):
     if not self.se or (self.se_stages is not None and stage not in self.se_stages):
       return None

@@ -1,0 +1,52 @@
+r"""Print a model's layer table (module, output shape, parameters) at a resolution.
+
+    python -m senet_jax.summary se_resnet50
+    python -m senet_jax.summary efficientnet_b3 --resolution=300 --depth=2
+    python -m senet_jax.summary se_resnet50 --field se_reduction=8 --field layout=v1.5
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+
+
+def parse_fields(items: list[str]) -> dict:
+  """['a=1', 'b=v1.5'] -> {'a': 1, 'b': 'v1.5'} (Python literals where they parse)."""
+  fields = {}
+  for item in items:
+    key, _, value = item.partition('=')
+    try:
+      fields[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      fields[key] = value
+  return fields
+
+
+def summary_table(name: str, resolution: int | None = None, depth: int = 1, **fields) -> str:
+  """The flax tabulate table of a registered model (shapes only, nothing is computed)."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from senet_jax.models import create_model, model_info
+  resolution = resolution or model_info(name).resolution
+  model = create_model(name, **fields)
+  table = nn.tabulate(model, jax.random.key(0), depth=depth, compute_flops=False,
+                      console_kwargs={'width': 140, 'force_terminal': False})
+  return table(jnp.zeros((1, resolution, resolution, 3)), train=False)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument('model')
+  p.add_argument('--resolution', type=int, default=0)
+  p.add_argument('--depth', type=int, default=1, help='module nesting shown')
+  p.add_argument('--field', action='append', default=[], help='model field=value')
+  args = p.parse_args(argv)
+  print(summary_table(args.model, args.resolution or None, args.depth,
+                      **parse_fields(args.field)))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
