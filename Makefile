@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2))
 ifneq ($(JEMALLOC),)
 export LD_PRELOAD := $(JEMALLOC) $(LD_PRELOAD)
-export MALLOC_CONF := dirty_decay_ms:-1,muzzy_decay_ms:-1
+export MALLOC_CONF := dirty_decay_ms:-1,muzzy_decay_ms:-1,narenas:1
 endif
 # Tests use both cores of the reference machine; override with `make test PYTEST_WORKERS=4`.
 PYTEST_WORKERS ?= 2

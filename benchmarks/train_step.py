@@ -13,6 +13,7 @@ forward + backward + SGD-momentum update + BatchNorm statistics in both.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -195,6 +196,7 @@ def main(argv=None):
       for mode in args.mode.split(','):
         row = bench_one(args, name, res, batch, mode == 'train', on_gpu, dtype)
         rows.append(row)
+        gc.collect()  # free both frameworks' buffers before the next model
         print(format_row(row), flush=True)
   print('\n' + markdown_table(rows))
   print(f'\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}), '

@@ -14,7 +14,9 @@ import sys
 CANDIDATES = ('/usr/lib/x86_64-linux-gnu/libjemalloc.so.2', '/usr/lib/aarch64-linux-gnu/'
               'libjemalloc.so.2', '/usr/lib64/libjemalloc.so.2', '/usr/lib/libjemalloc.so.2',
               '/usr/local/lib/libjemalloc.so.2', '/opt/homebrew/lib/libjemalloc.2.dylib')
-MALLOC_CONF = 'dirty_decay_ms:-1,muzzy_decay_ms:-1'
+# One arena: with decay off, per-thread arenas each keep their own freed pages (measured
+# 9.3 GB peak for an EfficientNet-B0 step vs 5.4 GB with glibc); one arena keeps glibc's peak.
+MALLOC_CONF = 'dirty_decay_ms:-1,muzzy_decay_ms:-1,narenas:1'
 
 
 def find_jemalloc() -> str | None:
