@@ -6,8 +6,9 @@ r"""Train and evaluate a senet_jax model.
 Multi-process (one process per host, or several on one machine): set
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or the same as
 SENET_COORDINATOR_ADDRESS / SENET_NUM_PROCESSES / SENET_PROCESS_ID); on Cloud TPU pods and
-SLURM `--distributed` lets JAX discover them. Exit codes: 0 done, 1 error, 2 bad config,
-42 preempted after writing a checkpoint.
+SLURM `--distributed` lets JAX discover them. Exit codes: 0 done, 1 unexpected error, 2 bad
+config, 3 non-finite loss, 4 unusable or unwritable checkpoint, 42 preempted after writing a
+checkpoint.
 """
 import os
 import sys
@@ -79,6 +80,10 @@ def main(argv):
   except preemption.Preempted as err:
     logging.warning('%s', err)
     sys.exit(train.PREEMPTED_EXIT_CODE)
+  except (train.NonFiniteLossError, train.CheckpointError) as err:
+    logging.error('%s', err)
+    print(f'error: {err}', file=sys.stderr)
+    sys.exit(3 if isinstance(err, train.NonFiniteLossError) else 4)
   summary = ', '.join(f'{k} {v:.4f}' for k, v in sorted(results.items()))
   print(f'final eval: {summary}')
 

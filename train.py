@@ -264,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if do_save:
       best_top1 = max(results.get('top1', 0.0), results.get('ema_top1', 0.0))
       save(step, {'top1': best_top1} if do_eval else None, force=is_last)
-    if watcher.should_stop(step):
+    if not is_last and watcher.should_stop(step):  # after the last step: simply finish
       _log('preemption requested: checkpoint at step %d, exiting', step)
       if not do_save:
         save(step, force=True)
@@ -278,4 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return results
 
 
-__all__ = ['train_and_evaluate', 'ConfigError', 'NonFiniteLossError', 'PREEMPTED_EXIT_CODE']
+CheckpointError = ckpt_lib.CheckpointError
+
+__all__ = ['train_and_evaluate', 'evaluate_only', 'CheckpointError', 'ConfigError',
+           'NonFiniteLossError', 'PREEMPTED_EXIT_CODE']

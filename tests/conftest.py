@@ -38,6 +38,26 @@ def abstract_param_count(name, size=224, **overrides):
   return count_params(shapes['params'])
 
 
-@pytest.fixture
-def rng():
-  return jax.random.key(0)
+def params_without_gradient(model, size=32, batch=4) -> list[str]:
+  """Names of parameters whose gradient is exactly zero in one training-mode step."""
+  import numpy as np
+  variables = init_variables(model, size=size, train=True)
+  x = jax.random.normal(jax.random.key(1), (batch, size, size, 3))
+
+  def loss(params):
+    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                            mutable=['batch_stats'], rngs={'dropout': jax.random.key(2)})
+    return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+
+  grads = jax.jit(jax.grad(loss))(variables['params'])
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  return [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g))]
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+  """The offline digits dataset built once per test worker."""
+  from senet_jax.data import digits
+  path = str(tmp_path_factory.mktemp('tfds'))
+  digits.build(path, 32)
+  return path

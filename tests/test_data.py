@@ -10,13 +10,6 @@ from configs import default
 from senet_jax.data import augment, digits, pipeline, preprocess
 
 
-@pytest.fixture(scope='session')
-def digits_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  digits.build(data_dir, 32)
-  return data_dir
-
-
 def digits_config(data_dir, **kw):
   c = default.get_config()
   c.update(dict(dataset='senet_digits', data_dir=data_dir, train_split='train',

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +15,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train
-from senet_jax.data import digits
 from senet_jax.training import checkpoint as ckpt_lib
 from test_train import tiny_config
 
@@ -22,11 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 'tests/helpers/tiny_config.py'
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  digits.build(path, 32)
-  return path
+@pytest.fixture
+def data_dir(digits_dir):
+  return digits_dir
 
 
 def main_cmd(workdir, data_dir, *extra):
@@ -185,3 +183,76 @@ def test_unshared_workdir_is_detected_within_seconds(data_dir, tmp_path):
   assert all(c != 0 for c in codes)
   assert any('is not shared' in o[1] for o in outs), [o[1][-1500:] for o in outs]
   assert time.time() - start < 120
+
+
+def _sigterm_self():
+  os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_eval_checkpoints_after_it(data_dir, tmp_path, monkeypatch):
+  config = tiny_config(data_dir, num_train_steps=8, eval_every_epochs=3.5 / 44)  # eval at 3, 6
+  original = train.evaluate
+
+  def evaluate_then_term(*args, **kwargs):
+    result = original(*args, **kwargs)
+    _sigterm_self()  # arrives while eval is running
+    return result
+
+  monkeypatch.setattr(train, 'evaluate', evaluate_then_term)
+  with pytest.raises(train.preemption.Preempted) as stop:
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert stop.value.step == 3
+  assert '3' in os.listdir(tmp_path / 'run' / 'checkpoints')
+
+
+def test_sigterm_during_async_save_waits_for_it(data_dir, tmp_path, monkeypatch):
+  original = ckpt_lib.Checkpointer.save
+
+  def save_then_term(self, step, *args, **kwargs):
+    started = original(self, step, *args, **kwargs)
+    if step == 3:
+      _sigterm_self()  # while step 3 is being written in the background
+    return started
+
+  monkeypatch.setattr(ckpt_lib.Checkpointer, 'save', save_then_term)
+  with pytest.raises(train.preemption.Preempted) as stop:
+    train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / 'run'))
+  assert stop.value.step == 3
+  assert ckpt_lib.load_params(str(tmp_path / 'run'))['params']  # committed and readable
+
+
+def test_sigterm_before_the_first_step_exits_without_training(data_dir, tmp_path, monkeypatch):
+  original = train.create_sharded_state
+
+  def create_then_term(*args, **kwargs):
+    _sigterm_self()
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(train, 'create_sharded_state', create_then_term)
+  with pytest.raises(train.preemption.Preempted) as stop:
+    train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / 'run'))
+  assert stop.value.step == 0
+  assert not [d for d in os.listdir(tmp_path / 'run' / 'checkpoints') if d.isdigit()]
+
+
+def test_sigterm_after_the_last_step_lets_the_run_finish(data_dir, tmp_path, monkeypatch):
+  original = train.evaluate
+
+  def evaluate_then_term(*args, **kwargs):
+    result = original(*args, **kwargs)
+    _sigterm_self()  # the final eval, after the last step
+    return result
+
+  monkeypatch.setattr(train, 'evaluate', evaluate_then_term)
+  results = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / 'run'))
+  assert results['num_examples'] == 359
+
+
+@pytest.mark.multiprocess
+def test_non_finite_loss_stops_every_process_at_the_same_step(data_dir, tmp_path):
+  codes, outs = _launch([str(tmp_path / 'nan')] * 2, data_dir, 2, 1,
+                        ('--config.learning_rate=1e30', '--config.warmup_epochs=0',
+                         '--config.num_train_steps=8'))
+  assert codes[0] == codes[1] != 0
+  steps = [re.search(r'non-finite loss at step (\d+)', err).group(1) for _, err in outs]
+  assert steps[0] == steps[1]

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY_RESNET, abstract_param_count, init_variables
+from conftest import TINY_RESNET, abstract_param_count, init_variables, params_without_gradient
 from senet_jax.models import collect_excitations, create_model, list_models
 from senet_jax.models import layers
 
@@ -200,17 +200,7 @@ def test_excitations_collected_by_paper_name():
 ])
 def test_every_parameter_gets_a_nonzero_gradient(name, kw):
   model = tiny(name, **kw)
-  variables = init_variables(model, train=True)
-  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-
-  def loss(params):
-    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
-                            mutable=['batch_stats'], rngs={'dropout': jax.random.key(2)})
-    return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
-
-  grads = jax.jit(jax.grad(loss))(variables['params'])
-  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
-  zero = [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g))]
+  zero = params_without_gradient(model)
   assert not zero, f'parameters with zero gradient: {zero}'
 
 

@@ -11,18 +11,15 @@ import pytest
 
 import train
 from configs import quickstart
-from senet_jax.data import digits
 from senet_jax.training import checkpoint as ckpt_lib
 from senet_jax.training import preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='session')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  digits.build(path, 32)
-  return path
+@pytest.fixture
+def data_dir(digits_dir):
+  return digits_dir
 
 
 def tiny_config(data_dir, **kw):

@@ -112,11 +112,6 @@ def block_diagonal_kernel(kernel, groups: int):
   return dense.reshape(kh, kw, groups * cin_g, cout)
 
 
-def conv_dense(x, kernel, strides: int, padding: Any, groups: int):
-  """Grouped conv computed as one dense conv with a block-diagonal kernel."""
-  return conv_xla(x, block_diagonal_kernel(kernel, groups), strides, padding, 1)
-
-
 def conv_matmul(x, kernel, strides: int, padding: Any):
   """1x1 conv as a contraction over channels (after subsampling for stride > 1)."""
   (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, strides, padding)
@@ -151,6 +146,6 @@ def conv(x, kernel, strides: int, padding: Any, groups: int, impl: str = 'auto')
     return conv_im2col(x, kernel, strides, padding)
   if impl == 'shift':
     return conv_shift(x, kernel, strides, padding)
-  if impl == 'dense':
-    return conv_dense(x, kernel, strides, padding, groups)
+  if impl == 'dense':  # then as any dense conv (im2col on tiny maps, where XLA:CPU is slow)
+    return conv(x, block_diagonal_kernel(kernel, groups), strides, padding, 1, 'auto')
   return conv_xla(x, kernel, strides, padding, groups)
