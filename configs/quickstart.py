@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4
   config.label_smoothing = 0.0
   config.ema_decay = 0.99
+  config.ema_warmup = True             # short run: do not average in the random init
   config.log_every_steps = 50
   config.eval_every_epochs = 5.0
   config.checkpoint_every_steps = 500

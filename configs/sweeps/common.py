@@ -20,7 +20,7 @@ def base_config(variant: str = '') -> ml_collections.ConfigDict:
   config.model = 'se_resnet50'
   config.model_kwargs = ml_collections.ConfigDict(dict(
       recipes.SE_RESNET_KNOBS, stage_sizes=(1, 1, 1, 1), stage_planes=(8, 16, 24, 32),
-      stem_width=16, layout='v1.5', dropout_rate=0.0))
+      stem_width=16, layout='original', dropout_rate=0.0))  # floor widths: r matters
   config.num_epochs = 8.0
   config.eval_every_epochs = 0.0
   config.log_every_steps = 100
