@@ -4,6 +4,15 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
+# timm/torchvision (test requirements of the converter parity tests) segfault in triton's
+# native import when TensorFlow was imported first in the same process; import them before any
+# test module pulls in TensorFlow, so the suite does not depend on test collection order.
+try:
+  import timm  # noqa: E402,F401
+  import torchvision  # noqa: E402,F401
+except ImportError:
+  pass
+
 import jax  # noqa: E402
 
 # Halves XLA:CPU compile time of parameter init (random streams differ; tests never pin them).
