@@ -20,19 +20,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class InMemorySource:
-  """Random-access source of {'image': jpeg bytes, 'label': int}."""
-
-  def __init__(self, records):
-    self.records = records
-
-  def __len__(self):
-    return len(self.records)
-
-  def __getitems__(self, indices):
-    return [self.records[i] for i in indices]
-
-
 def synthetic_jpegs(n: int, width: int = 500, height: int = 375, seed: int = 0):
   """Smooth random images (JPEG-compressible like photos) encoded at quality 90."""
   from PIL import Image
@@ -61,7 +48,7 @@ def main(argv=None):
   config = default.get_config()
   config.update(dict(batch_size=args.batch, image_size=args.image_size, augment=args.augment,
                      num_classes=1000))
-  source = InMemorySource(synthetic_jpegs(args.num_images))
+  source = pipeline.InMemorySource(synthetic_jpegs(args.num_images))
   it = pipeline.TrainIterator(config, source)
   for _ in range(3):  # warm-up: graph tracing, thread pools
     next(it)

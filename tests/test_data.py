@@ -158,20 +158,9 @@ def test_unknown_dataset_and_split_are_named(digits_dir):
     pipeline.open_source('senet_digits', 'validation', digits_dir)
 
 
-class FakeSource:
-  def __init__(self, records):
-    self.records = records
-
-  def __len__(self):
-    return len(self.records)
-
-  def __getitems__(self, idx):
-    return [self.records[i] for i in idx]
-
-
 def test_label_out_of_range_names_the_example():
   png = encode(np.zeros((8, 8, 3), np.uint8))
-  source = FakeSource([{'image': png, 'label': 1}, {'image': png, 'label': 12}])
+  source = pipeline.InMemorySource([{'image': png, 'label': 1}, {'image': png, 'label': 12}])
   config = digits_config('', num_classes=10, batch_size=2)
   with pytest.raises(Exception, match='example 1 has label 12'):
     next(pipeline.TrainIterator(config, source))
@@ -179,7 +168,7 @@ def test_label_out_of_range_names_the_example():
 
 def test_corrupt_images_are_masked_and_counted():
   png = encode(np.full((8, 8, 3), 50, np.uint8))
-  source = FakeSource([{'image': png, 'label': 1}, {'image': b'', 'label': 2},
+  source = pipeline.InMemorySource([{'image': png, 'label': 1}, {'image': b'', 'label': 2},
                        {'image': png[:10], 'label': 3}, {'image': png, 'label': 4}])
   config = digits_config('', batch_size=4, image_size=8)
   it = pipeline.TrainIterator(config, source)

@@ -8,7 +8,6 @@ Maps are upsampled (bilinear) to the image size and scaled to [0, 1].
 """
 from __future__ import annotations
 
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -89,5 +88,3 @@ def save_overlays(images_uint8, maps, paths: list[str]) -> list[str]:
     Image.fromarray(overlay(image, heatmap)).save(path)
   return paths
 
-
-Array = Any

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import jax
@@ -103,5 +103,3 @@ def as_numpy_state_dict(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:
     out[k] = np.array(v)  # a copy: never alias the caller's (e.g. torch) buffers
   return out
 
-
-Rule = Callable[[str], Any]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import math
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -280,7 +280,19 @@ def eval_iterator(config, source, *, process_index: int = 0, process_count: int 
   yield from ds.as_numpy_iterator()
 
 
-def describe(config) -> dict[str, Any]:
-  """A short dict for logs: what the pipeline will do."""
-  return {k: config.get(k) for k in ('dataset', 'train_split', 'eval_split', 'image_size',
-                                     'augment', 'mixup_alpha', 'cutmix_alpha', 'batch_size')}
+
+class InMemorySource:
+  """A random-access source over a list of {'image': bytes, 'label': int} records.
+
+  Same interface as a TFDS data source (`len`, `__getitems__`); for tests, benchmarks and
+  small in-memory datasets.
+  """
+
+  def __init__(self, records):
+    self.records = list(records)
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitems__(self, indices):
+    return [self.records[i] for i in indices]

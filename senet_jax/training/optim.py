@@ -6,7 +6,7 @@ rate is per 256 images and scales linearly with the global batch size.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -125,5 +125,3 @@ def ema_update(ema, new, decay) -> Any:
   """ema <- decay * ema + (1 - decay) * new, leaf by leaf."""
   return jax.tree.map(lambda e, n: decay * e + (1.0 - decay) * n, ema, new)
 
-
-Schedule = Callable[[Any], Any]
