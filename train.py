@@ -25,7 +25,7 @@ from senet_jax.models import create_model
 from senet_jax.training import checkpoint as ckpt_lib
 from senet_jax.training import optim, preemption, steps
 from senet_jax.training.state import abstract_state, create_sharded_state
-from senet_jax.training.validate import ConfigError, validate_config
+from senet_jax.training.validate import ConfigError, validate_config, validate_model_input
 
 PREEMPTED_EXIT_CODE = 42  # distinct exit status after a preemption checkpoint
 
@@ -178,6 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ---- Model, optimizer, state (planned with eval_shape, created into its shardings) ----
   model = build_model(config)
+  validate_model_input(config, model)
   schedule = optim.create_schedule(config, steps_per_epoch, total_steps)
   optimizer = optim.create_optimizer(config, schedule)
   image_shape = (1, config.image_size, config.image_size, 3)

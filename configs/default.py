@@ -51,7 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_train_steps = -1
   config.optimizer = 'sgd'              # 'sgd', 'rmsprop_tf', 'adamw'
   config.learning_rate = 0.1            # per 256 images; scaled by batch_size / 256
-  config.lr_schedule = 'cosine'         # 'cosine', 'exponential' (staircase), 'step', 'constant'
+  config.lr_schedule = 'cosine'         # 'cosine', 'exponential' (staircase), 'step', 'linear',
+                                        # 'constant'
   config.warmup_epochs = 5.0
   config.lr_decay_epochs = 2.4          # exponential: decay every this many epochs
   config.lr_decay_factor = 0.97         # exponential: multiply by this at each decay

@@ -67,3 +67,60 @@ def se_resnet(model: str, se: bool = True) -> ml_collections.ConfigDict:
   config.weight_decay = 1e-4
   config.label_smoothing = 0.1
   return config
+
+
+SE_PLUGIN_KNOBS = dict(se_reduction=16.0, se_squeeze='avg', se_gate='sigmoid', se_act='relu',
+                       se_bias=True)
+
+
+def se_paper(model: str) -> ml_collections.ConfigDict:
+  """The SE paper's setup for VGG / BN-Inception / Inception-ResNet-v2 (reference section 2).
+
+  SGD momentum 0.9, batch 1024, lr 0.6 (0.15 per 256) divided by 10 every 30 epochs, 100
+  epochs, random-size crops and flips. SE knobs in `model_kwargs` (`se=False`: the baseline).
+  """
+  info = model_info(model)
+  config = se_resnet(model)  # SGD, batch 1024, 100 epochs, bfloat16; then the paper's changes
+  knobs = dict(SE_PLUGIN_KNOBS, se=info.kwargs.get('se', True), dropout_rate=info.dropout_rate)
+  config.model_kwargs = ml_collections.ConfigDict(knobs)
+  config.nesterov = False
+  config.learning_rate = 0.15
+  config.lr_schedule = 'step'
+  config.lr_step_epochs = (30, 60, 90)
+  config.warmup_epochs = 0.0
+  config.weight_decay = 1e-4
+  config.label_smoothing = 0.0
+  return config
+
+
+def shufflenet_recipe(model: str) -> ml_collections.ConfigDict:
+  """ShuffleNet's recipe, which the SE paper follows for SE-MobileNet / SE-ShuffleNet.
+
+  SGD, batch 1024, lr 0.5 decayed linearly to 0, weight decay 4e-5, 3e5 iterations (~240
+  epochs), milder crops (scale 0.25-1) as small networks under-fit rather than over-fit.
+  """
+  config = se_paper(model)
+  config.learning_rate = 0.125
+  config.lr_schedule = 'linear'
+  config.num_epochs = 240.0
+  config.weight_decay = 4e-5
+  config.crop_area_range = (0.25, 1.0)
+  config.nesterov = True
+  return config
+
+
+def mobilenetv3_recipe(model: str) -> ml_collections.ConfigDict:
+  """MobileNetV3 (paper Sec. 6.1): RMSProp momentum 0.9, lr 0.1 at batch 4096, x0.99 every
+  3 epochs, weight decay 1e-5, dropout 0.2, EMA 0.9999 -- the EfficientNet machinery."""
+  info = model_info(model)
+  config = efficientnet(model)
+  config.model_kwargs = ml_collections.ConfigDict(dict(
+      se=info.kwargs.get('se', True), se_gate='hard_sigmoid', se_act='relu',
+      dropout_rate=info.dropout_rate))
+  config.augment = 'none'
+  config.num_epochs = 350.0
+  config.learning_rate = 0.1 * 256 / 4096
+  config.lr_decay_epochs = 3.0
+  config.lr_decay_factor = 0.99
+  config.label_smoothing = 0.0
+  return config

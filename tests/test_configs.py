@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from senet_jax.models import create_model, model_info
+from senet_jax.models import create_model, min_resolution, model_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(
@@ -26,8 +26,9 @@ def load_config(path):
 def test_config_loads_and_builds_its_model(path):
   config = load_config(path)
   model = create_model(config.model, num_classes=config.num_classes, **config.model_kwargs)
+  size = max(64, min_resolution(model))
   out = jax.eval_shape(lambda: model.init_with_output(
-      jax.random.key(0), jnp.zeros((1, 64, 64, 3)))[0])
+      jax.random.key(0), jnp.zeros((1, size, size, 3)))[0])
   assert out.shape == (1, config.num_classes)
 
 
@@ -42,3 +43,15 @@ def test_efficientnet_configs_carry_resolution_dropout_and_recipe(variant):
   assert (config.optimizer, config.learning_rate, config.lr_decay_factor) == (
       'rmsprop_tf', 0.016, 0.97)
   assert (config.ema_decay, config.weight_decay, config.label_smoothing) == (0.9999, 1e-5, 0.1)
+
+
+@pytest.mark.parametrize('name,peak_lr,schedule', [
+    ('se_vgg16', 0.6, 'step'), ('bn_inception', 0.6, 'step'),    # SE paper: 0.6 at 1024, /10
+    ('se_shufflenet_v1_g3', 0.5, 'linear'),                       # ShuffleNet: 0.5, linear
+    ('se_mobilenet_v1', 0.5, 'linear')])
+def test_other_se_network_recipes(name, peak_lr, schedule):
+  config = load_config(os.path.join(ROOT, 'configs', f'{name}.py'))
+  assert config.model == name and config.batch_size == 1024
+  assert config.learning_rate * config.batch_size / 256 == pytest.approx(peak_lr)
+  assert config.lr_schedule == schedule and config.optimizer == 'sgd'
+  assert config.model_kwargs.se == name.startswith('se_')

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4  # max |diff| <= 1e-4 * max |logit|, float32, eval mode
 
 
-def randomise_batchnorm(model):
+def randomise_batchnorm(model, size=64):
   """Random BN affine parameters, then running statistics measured on random images.
 
   Measured statistics keep activations normalised through the depth, so the logits depend on
@@ -38,7 +38,7 @@ def randomise_batchnorm(model):
       m.bias.uniform_(-0.2, 0.2)
       m.momentum = 1.0
     model.train()
-    model(torch.randn(8, 3, 64, 64))
+    model(torch.randn(8, 3, size, size))
     for m in bns:
       m.momentum = 0.1
   return model.eval()
@@ -75,7 +75,10 @@ PARITY = ['legacy_seresnet50',        # SE-ResNet, original (Caffe) layout
           'legacy_seresnet18',        # basic blocks (ReLU before SE in timm's legacy weights)
           'tf_efficientnet_b0',       # EfficientNet, TF 'SAME' padding
           'efficientnet_b0',          # EfficientNet, symmetric padding (timm flavour)
-          'resnet50']
+          'resnet50',
+          'tf_mobilenetv3_large_100',  # MobileNetV3 (hard-sigmoid SE on expanded channels)
+          'tf_mobilenetv3_small_100',
+          'mobilenetv1_100']          # MobileNet v1 (the SE-MobileNet baseline)
 
 
 @pytest.mark.parametrize('name', PARITY)
@@ -97,6 +100,19 @@ def test_senet154_parity_on_a_shallow_variant():
   state = {k: v.numpy() for k, v in reference.state_dict().items()}
   model, variables = timm_convert.from_timm(state, 'legacy_senet154', stage_sizes=(1, 1, 1, 1))
   x = images()
+  compare(torch_logits(reference, x), jax.jit(model.apply)(variables, x))
+
+
+def test_inception_resnet_v2_parity_on_a_shallow_variant():
+  # One block per stage (and the final linear Block8); 80 px is above the 75 px minimum.
+  torch.manual_seed(0)
+  reference = timm.create_model('inception_resnet_v2', pretrained=False)
+  for stage in ('repeat', 'repeat_1', 'repeat_2'):
+    setattr(reference, stage, getattr(reference, stage)[:1])
+  reference = randomise_batchnorm(reference, size=80)
+  state = {k: v.numpy() for k, v in reference.state_dict().items()}
+  model, variables = timm_convert.from_timm(state, 'inception_resnet_v2', stage_sizes=(1, 1, 1))
+  x = images(80)
   compare(torch_logits(reference, x), jax.jit(model.apply)(variables, x))
 
 

@@ -52,6 +52,13 @@ def test_step_schedule_divides_by_ten():
                                                                        0.001]
 
 
+def test_linear_schedule_decays_to_zero_after_warmup():
+  c = config(learning_rate=0.5, batch_size=1024, lr_schedule='linear', warmup_epochs=1.0)
+  sched = optim.create_schedule(c, steps_per_epoch=10, total_steps=110)
+  # peak 0.5 * 1024 / 256 = 2.0 at step 10, then down by 2.0 / 100 per step.
+  assert [round(float(sched(s)), 6) for s in (0, 5, 10, 60, 110)] == [0.0, 1.0, 2.0, 1.0, 0.0]
+
+
 def test_rmsprop_tf_two_steps_by_hand():
   lr = lambda count: jnp.where(count == 0, 0.1, 0.05)  # the rate changes between steps
   opt = optim.rmsprop_tf(lr, decay=0.9, epsilon=1e-3, momentum=0.9)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_RESNET, abstract_param_count, init_variables, params_without_gradient
-from senet_jax.models import collect_excitations, create_model, list_models
+from senet_jax.models import collect_excitations, create_model, list_models, min_resolution
 from senet_jax.models import layers
 
 # Parameter counts at 1000 classes. SE family: the issue / reference (timm legacy_* = Caffe
@@ -47,8 +47,9 @@ def test_all_registered_names_present():
 @pytest.mark.parametrize('name', list_models())
 def test_output_shape_every_model(name):
   model = create_model(name, num_classes=7)
+  size = max(64, min_resolution(model))
   out = jax.eval_shape(lambda: model.init_with_output(
-      jax.random.key(0), jnp.zeros((2, 64, 64, 3)), train=False)[0])
+      jax.random.key(0), jnp.zeros((2, size, size, 3)), train=False)[0])
   assert out.shape == (2, 7) and out.dtype == jnp.float32
 
 

@@ -20,6 +20,7 @@ import os
 import sys
 
 from senet_jax.convert import core
+from senet_jax.models import min_resolution
 
 PICKLE_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.pkl')
 
@@ -63,12 +64,13 @@ def convert(source: str, model: str, input_path: str, output: str, num_classes: 
     overrides = {}
   else:
     raise core.ConversionError(f'--from {source!r}: expected timm or keras')
-  head = 'classifier' if 'classifier' in variables['params'] else 'fc'
+  head = core.head_name(variables['params'])
   if num_classes and num_classes != module.num_classes:
     print(f'note: re-initialising the {module.num_classes}-way classifier as {num_classes}-way',
           file=sys.stderr)
     module = module.clone(num_classes=num_classes)
-    variables = core.reinit_head(variables, module, head)
+    variables = core.reinit_head(variables, module, head,
+                                 max(64, min_resolution(module)))
   meta = {'source': source, 'source_model': model, 'input': os.path.abspath(input_path),
           'model': _model_name(source, model), 'model_kwargs': overrides,
           'num_classes': module.num_classes, 'preprocessing': dataclasses.asdict(prep)}

@@ -68,15 +68,23 @@ def check_and_fill(converted: dict[tuple[str, ...], np.ndarray], target_abstract
   return unflatten({k: np.array(v, dtype=target[k].dtype) for k, v in converted.items()})
 
 
+HEAD_NAMES = ('classifier', 'fc', 'classif')  # the classifier's name in each model family
+
+
+def head_name(params: dict) -> str:
+  """Name of the classifier among a model's top-level parameters."""
+  return next(name for name in HEAD_NAMES if name in params)
+
+
 def abstract_variables(model, image_size: int = 64) -> dict:
   """The model's variables as ShapeDtypeStructs (no allocation)."""
   return jax.eval_shape(lambda: model.init(jax.random.key(0),
                                            jnp.zeros((1, image_size, image_size, 3))))
 
 
-def reinit_head(variables: dict, model, head: str) -> dict:
+def reinit_head(variables: dict, model, head: str, image_size: int = 64) -> dict:
   """Replaces the classifier `head` by the fresh initialisation of `model` (re-heading)."""
-  fresh = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  fresh = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
   params = dict(variables['params'])
   params[head] = jax.device_get(fresh['params'][head])
   return {**variables, 'params': params}

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from senet_jax.convert import core
-from senet_jax.models import create_model, efficientnet
+from senet_jax.models import create_model, efficientnet, min_resolution, model_info
 
 # timm name -> (senet_jax model, overrides). The layouts are those of reference section 5.
 MODELS: dict[str, tuple[str, dict]] = {
@@ -30,6 +30,10 @@ MODELS: dict[str, tuple[str, dict]] = {
     'tf_efficientnet_l2': ('efficientnet_l2', {}),
     **{f'efficientnet_b{i}': (f'efficientnet_b{i}', dict(efficientnet.TIMM_FLAVOUR))
        for i in range(4)},
+    'tf_mobilenetv3_large_100': ('mobilenetv3_large_100', {}),
+    'tf_mobilenetv3_small_100': ('mobilenetv3_small_100', {}),
+    'mobilenetv1_100': ('mobilenet_v1', {'act': 'relu6'}),
+    'inception_resnet_v2': ('inception_resnet_v2', {}),
 }
 
 # timm's default pretrained tag of each name: (resolution, crop_pct, interpolation, mean/std).
@@ -44,6 +48,10 @@ _PREPROCESSING = {
     'tf_efficientnet_b6': (528, 0.942, 'bicubic'), 'tf_efficientnet_b7': (600, 0.949, 'bicubic'),
     'tf_efficientnet_b8': (672, 0.954, 'bicubic', _HALF),
     'tf_efficientnet_l2': (475, 0.936, 'bicubic'),
+    'tf_mobilenetv3_large_100': (224, 0.875, 'bilinear'),
+    'tf_mobilenetv3_small_100': (224, 0.875, 'bilinear'),
+    'mobilenetv1_100': (224, 0.95, 'bicubic'),
+    'inception_resnet_v2': (299, 0.8975, 'bicubic', _HALF),
     'efficientnet_b0': (224, 0.875, 'bicubic'), 'efficientnet_b1': (240, 0.9, 'bicubic', _HALF),
     'efficientnet_b2': (256, 0.875, 'bicubic'), 'efficientnet_b3': (288, 0.875, 'bicubic'),
 }
@@ -84,14 +92,40 @@ def _resnet_module(module: str, deep_stem: bool) -> str | None:
 
 
 def _efficientnet_module(module: str, state_dict: dict) -> str | None:
+  """EfficientNet, MobileNet v1 and MobileNetV3 (timm's EfficientNet/MobileNetV3 classes)."""
   match = re.fullmatch(r'blocks\.(\d+)\.(\d+)\.(.+)', module)
   if match:
     s, b, rest = match.groups()
     if rest.startswith('se.'):
       return f'blocks_{s}_{b}/se/' + {'conv_reduce': 'reduce', 'conv_expand': 'expand'}[rest[3:]]
-    table = _EFF_IR if f'blocks.{s}.{b}.conv_pwl.weight' in state_dict else _EFF_DS
+    if f'blocks.{s}.{b}.conv.weight' in state_dict:  # ConvBnAct ('cn' blocks)
+      table = {'conv': 'conv', 'bn1': 'bn'}
+    elif f'blocks.{s}.{b}.conv_pwl.weight' in state_dict:
+      table = _EFF_IR
+    else:
+      table = _EFF_DS
     return f'blocks_{s}_{b}/{table[rest]}' if rest in table else None
   return _EFF_TOP.get(module)
+
+
+def _inception_resnet_module(module: str, state_dict: dict) -> str | None:
+  """timm Inception-ResNet-v2: 'repeat_1.3.branch1.0.conv' -> 'repeat_1_3/branch1_0/conv'."""
+  del state_dict
+  parts = module.split('.')
+  leaf = [parts.pop()] if parts[-1] in ('conv', 'bn', 'conv2d') and len(parts) > 1 else []
+  if parts[0].startswith('repeat') and len(parts) >= 2:
+    head, rest = '_'.join(parts[:2]), parts[2:]
+  elif parts[0] == 'block8':
+    head, rest = 'block8', parts[1:]
+  else:
+    head, rest = '_'.join(parts), []
+  return '/'.join([head] + (['_'.join(rest)] if rest else []) + leaf)
+
+
+_MODULE_MAPPERS = {'resnet': None, 'efficientnet': _efficientnet_module,
+                   'mobilenet': _efficientnet_module, 'inception': _inception_resnet_module}
+_HEADS = {'resnet': 'fc.weight', 'efficientnet': 'classifier.weight',
+          'mobilenet': 'classifier.weight', 'inception': 'classif.weight'}
 
 
 def convert_tensor(param: str, value: np.ndarray) -> tuple[str, str, np.ndarray] | None:
@@ -123,18 +157,16 @@ def from_timm(state_dict: dict, timm_name: str, **model_overrides):
                                f'{", ".join(sorted(MODELS))}')
   model_name, overrides = MODELS[timm_name]
   state_dict = core.as_numpy_state_dict(state_dict)
-  head = 'classifier' if model_name.startswith('efficientnet') else 'fc'
-  head_key = {'classifier': 'classifier.weight', 'fc': 'fc.weight'}[head]
-  if timm_name.startswith('legacy_'):
-    head_key = 'last_linear.weight'
+  family = model_info(model_name).family
+  head_key = 'last_linear.weight' if timm_name.startswith('legacy_') else _HEADS[family]
   num_classes = state_dict[head_key].shape[0] if head_key in state_dict else 1000
   model = create_model(model_name, num_classes=num_classes, **{**overrides, **model_overrides})
   deep_stem = getattr(model, 'stem', 'conv7') == 'deep'
+  mapper = _MODULE_MAPPERS[family] or (lambda module, _: _resnet_module(module, deep_stem))
   converted, unexpected, origin = {}, [], {}
   for key, value in state_dict.items():
     module, _, param = key.rpartition('.')
-    path = (_efficientnet_module(module, state_dict) if head == 'classifier'
-            else _resnet_module(module, deep_stem))
+    path = mapper(module, state_dict)
     try:
       leaf = convert_tensor(param, value)
     except KeyError:
@@ -147,6 +179,7 @@ def from_timm(state_dict: dict, timm_name: str, **model_overrides):
     collection, name, array = leaf
     converted[(collection, *path.split('/'), name)] = array
     origin[(collection, *path.split('/'), name)] = key
-  variables = core.check_and_fill(converted, core.abstract_variables(model), unexpected,
+  probe = max(64, min_resolution(model))
+  variables = core.check_and_fill(converted, core.abstract_variables(model, probe), unexpected,
                                   f'timm {timm_name}', origin)
   return model, variables

@@ -103,13 +103,16 @@ class MBConv(nn.Module):
   """Inverted residual: [1x1 expand, BN, act] -> depthwise kxk, BN, act -> SE -> 1x1 project, BN.
 
   The residual (with stochastic depth) is used when stride is 1 and in == out channels.
+  `mid_channels` (None: in_channels * expand_ratio) sets the expanded width directly
+  (MobileNetV3 rounds it to a multiple of 8).
   """
   in_channels: int
   out_channels: int
   kernel_size: int
   strides: int
-  expand_ratio: int
+  expand_ratio: float
   se_layer: Any = None
+  mid_channels: int | None = None
   drop_path_rate: float = 0.0
   conv: Any = layers.Conv2d
   norm: Any = nn.BatchNorm
@@ -119,7 +122,7 @@ class MBConv(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     norm = functools.partial(self.norm, use_running_average=not train)
     shortcut = x
-    mid = self.in_channels * self.expand_ratio
+    mid = self.mid_channels or int(self.in_channels * self.expand_ratio)
     if self.expand_ratio != 1:
       x = self.act(norm(name='bn_pw')(self.conv(mid, 1, 1, name='conv_pw')(x)))
     dw = self.conv(mid, self.kernel_size, self.strides, groups=mid,

@@ -8,6 +8,7 @@ reformulated; on GPU/TPU `feature_group_count` is used.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -28,6 +29,17 @@ def check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:
   """Raises ValueError naming `field` when `value` is not one of `allowed`."""
   if value not in allowed:
     raise ValueError(f'{field}={value!r} is not valid; allowed values: {list(allowed)}')
+
+
+def check_model_choices(act: str | None = None, padding: str | None = None,
+                        conv_impl: str | None = None) -> None:
+  """Validates the model-wide `act`, `padding` and `conv_impl` fields (None: not a field)."""
+  if act is not None:
+    check_choice('act', act, tuple(ACTIVATIONS))
+  if padding is not None:
+    check_choice('padding', padding, PADDING_MODES)
+  if conv_impl is not None:
+    check_choice('conv_impl', conv_impl, conv_impls.IMPLS)
 
 
 def conv_kernel_init_fan_out(groups: int = 1) -> Callable:
@@ -53,14 +65,25 @@ def dense_kernel_init_uniform_fan_out(key, shape, dtype=jnp.float32):
 he_normal_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def explicit_padding(kernel_size: int, padding: str, dilation: int = 1):
-  """Returns the lax padding for a mode: 'tf_same' (asymmetric) or 'symmetric' (k // 2)."""
-  check_choice('padding', padding, PADDING_MODES)
+def kernel_hw(kernel_size: int | Sequence[int]) -> tuple[int, int]:
+  """(kh, kw) of a square (int) or rectangular ((kh, kw)) kernel size."""
+  if isinstance(kernel_size, int):
+    return kernel_size, kernel_size
+  kh, kw = kernel_size
+  return int(kh), int(kw)
+
+
+def explicit_padding(kernel_size: int | Sequence[int], padding: str, dilation: int = 1):
+  """Returns the lax padding for a mode: 'tf_same' (asymmetric), 'symmetric' (k // 2 per side)
+  or 'valid' (none)."""
+  check_choice('padding', padding, PADDING_MODES + ('valid',))
   if padding == 'tf_same':
     # lax 'SAME' equals TensorFlow 'SAME': the extra pixel of an even total goes bottom/right.
     return 'SAME'
-  pad = dilation * (kernel_size - 1) // 2
-  return ((pad, pad), (pad, pad))
+  if padding == 'valid':
+    return ((0, 0), (0, 0))
+  ph, pw = (dilation * (k - 1) // 2 for k in kernel_hw(kernel_size))
+  return ((ph, ph), (pw, pw))
 
 
 class Conv2d(nn.Module):
@@ -68,7 +91,7 @@ class Conv2d(nn.Module):
 
   Attributes:
     features: output channels.
-    kernel_size: square kernel size.
+    kernel_size: square kernel size, or (kh, kw) for a rectangular kernel (1x7, 7x1, ...).
     strides: square stride.
     groups: feature groups (1: dense, == in_channels: depthwise).
     padding: 'tf_same' or 'symmetric', or explicit ((lo, hi), (lo, hi)).
@@ -79,7 +102,7 @@ class Conv2d(nn.Module):
     dtype: compute dtype; parameters stay `param_dtype`.
   """
   features: int
-  kernel_size: int = 3
+  kernel_size: int | tuple[int, int] = 3
   strides: int = 1
   groups: int = 1
   padding: Any = 'symmetric'
@@ -96,18 +119,50 @@ class Conv2d(nn.Module):
     if in_features % self.groups or self.features % self.groups:
       raise ValueError(f'groups={self.groups} must divide in ({in_features}) and out '
                        f'({self.features}) channels of {self.name}')
-    k = self.kernel_size
+    kh, kw = kernel_hw(self.kernel_size)
     kernel = self.param('kernel', self.kernel_init,
-                        (k, k, in_features // self.groups, self.features), self.param_dtype)
+                        (kh, kw, in_features // self.groups, self.features), self.param_dtype)
     padding = self.padding
     if isinstance(padding, str):
-      padding = explicit_padding(k, padding)
+      padding = explicit_padding(self.kernel_size, padding)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     y = conv_impls.conv(x, kernel, self.strides, padding, self.groups, self.impl)
     if self.use_bias:
       bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
     return y
+
+
+class ConvBNAct(nn.Module):
+  """conv -> BatchNorm -> activation, as submodules 'conv' and 'bn' (timm's BasicConv2d).
+
+  `conv` and `norm` are constructors carrying the model-wide settings (impl, dtype, BN
+  momentum/epsilon); `act=None` leaves the output linear.
+  """
+  features: int
+  kernel_size: int | tuple[int, int] = 1
+  strides: int = 1
+  padding: Any = 'symmetric'
+  use_bias: bool = False
+  act: Callable[[Array], Array] | None = nn.relu
+  conv: Callable[..., nn.Module] = Conv2d
+  norm: Callable[..., nn.Module] = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    x = self.conv(self.features, self.kernel_size, self.strides, padding=self.padding,
+                  use_bias=self.use_bias, name='conv')(x)
+    x = self.norm(use_running_average=not train, name='bn')(x)
+    return x if self.act is None else self.act(x)
+
+
+def model_conv_and_norm(conv_impl: str, dtype: Dtype, bn_momentum: float, bn_epsilon: float,
+                        **conv_defaults):
+  """(conv, norm) constructors with a model's implementation, dtype and BN settings."""
+  conv = functools.partial(Conv2d, impl=conv_impl, dtype=dtype, **conv_defaults)
+  norm = functools.partial(nn.BatchNorm, momentum=bn_momentum, epsilon=bn_epsilon, dtype=dtype,
+                           param_dtype=jnp.float32)
+  return conv, norm
 
 
 def batch_norm(train: bool, *, momentum: float = 0.9, epsilon: float = 1e-5,
@@ -135,6 +190,7 @@ def hard_swish(x: Array) -> Array:
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     'relu': nn.relu,
+    'relu6': nn.relu6,
     'swish': nn.swish,
     'silu': nn.swish,
     'sigmoid': nn.sigmoid,
@@ -209,6 +265,31 @@ class FeatureTap(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     return x
+
+
+def avg_pool(x: Array, window: int, stride: int, padding: int = 0,
+             count_include_pad: bool = True) -> Array:
+  """Average pool with symmetric zero padding; `count_include_pad` as in PyTorch/Caffe."""
+  pads = ((padding, padding), (padding, padding))
+  return nn.avg_pool(x, (window, window), (stride, stride), pads,
+                     count_include_pad=count_include_pad)
+
+
+def adaptive_avg_pool(x: Array, size: int) -> Array:
+  """PyTorch's AdaptiveAvgPool2d(size): cell i averages rows floor(i*H/size)..ceil((i+1)*H/size).
+
+  Written as two small averaging matrices, so any H, W (also smaller than `size`) works.
+  """
+  def matrix(length):
+    m = np.zeros((size, length), np.float32)
+    for i in range(size):
+      start, end = (i * length) // size, -(-((i + 1) * length) // size)
+      m[i, start:end] = 1.0 / (end - start)
+    return jnp.asarray(m, x.dtype)
+
+  if x.shape[1] == x.shape[2] == size:
+    return x
+  return jnp.einsum('ih,jw,nhwc->nijc', matrix(x.shape[1]), matrix(x.shape[2]), x)
 
 
 def global_avg_pool(x: Array) -> Array:

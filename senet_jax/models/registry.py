@@ -52,6 +52,11 @@ def model_info(name: str) -> ModelInfo:
   return _REGISTRY[name]
 
 
+def min_resolution(model: nn.Module) -> int:
+  """Smallest input a model accepts: 32 (five stride-2 stages) unless the module says more."""
+  return model.min_resolution() if hasattr(model, 'min_resolution') else 32
+
+
 def create_model(name: str, *, num_classes: int = 1000, dtype: Any = jnp.float32,
                  **overrides) -> nn.Module:
   """Builds a registered model.

@@ -10,6 +10,7 @@ collection, so analysis code collects every excitation by name without touching 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -134,3 +135,34 @@ def collect_excitations(intermediates) -> dict[str, jax.Array]:
 
   visit(intermediates)
   return dict(sorted(found.items(), key=lambda kv: [int(p) for p in kv[0].split('_')[1:]]))
+
+
+class SEModel(nn.Module):
+  """Base of the networks that take SE as a plug-in: the SE knobs as fields, one factory.
+
+  Subclasses call `self.se_layer(record_name)` where the architecture places an SE block; it
+  returns a `SqueezeExcite` constructor (call it with `name=`) or None when `se` is off. A
+  subclass changes a default by redeclaring the field (MobileNetV3: hard-sigmoid gate).
+  """
+  se: bool = True
+  se_reduction: float = 16
+  se_width_rule: str = 'floor'
+  se_squeeze: str = 'avg'
+  se_gate: str = 'sigmoid'
+  se_act: str = 'relu'
+  se_bias: bool = True
+
+  def __post_init__(self):
+    validate_se_options(squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act,
+                        width_rule=self.se_width_rule, reduction=self.se_reduction)
+    super().__post_init__()
+
+  @nn.nowrap
+  def se_layer(self, record_name: str, width_base: int | None = None):
+    """A SqueezeExcite constructor with this model's knobs, or None when `se` is False."""
+    if not self.se:
+      return None
+    return functools.partial(
+        SqueezeExcite, reduction=self.se_reduction, width_rule=self.se_width_rule,
+        width_base=width_base, squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act,
+        use_bias=self.se_bias, record_name=record_name, dtype=getattr(self, 'dtype', jnp.float32))

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ('cosine', 'exponential', 'step', 'constant')
+SCHEDULES = ('cosine', 'exponential', 'step', 'linear', 'constant')
 OPTIMIZERS = ('sgd', 'rmsprop_tf', 'adamw')
 
 
@@ -39,6 +39,8 @@ def create_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Sch
   elif config.lr_schedule == 'step':
     bounds = {int(e * steps_per_epoch) - warmup: 0.1 for e in config.lr_step_epochs}
     decay = optax.piecewise_constant_schedule(peak, bounds)
+  elif config.lr_schedule == 'linear':  # ShuffleNet / SE-ShuffleNet: linear decay to 0
+    decay = optax.linear_schedule(peak, 0.0, after)
   else:
     decay = optax.constant_schedule(peak)
   if warmup == 0:

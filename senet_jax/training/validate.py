@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from senet_jax.models import list_models, model_info
+from senet_jax.models import list_models, min_resolution, model_info
 from senet_jax.training import optim
 
 MIN_RESOLUTION = 32  # every registered network downsamples by 32
@@ -46,3 +46,12 @@ def validate_config(config, workdir: str, device_count: int, process_count: int,
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f'--workdir={workdir!r} exists and is not a directory')
   model_info(config.model)  # registry errors are already clear
+
+
+def validate_model_input(config, model) -> None:
+  """Raises ConfigError when config.image_size is below what the built model accepts."""
+  minimum = min_resolution(model)
+  if config.image_size < minimum:
+    hint = " (or set config.model_kwargs.padding='same')" if hasattr(model, 'padding') else ''
+    raise ConfigError(f'config.image_size={config.image_size} is too small for '
+                      f'{config.model}: it needs >= {minimum}{hint}')

@@ -1,0 +1,7 @@
+"""mobilenetv3_small_100 on ImageNet: the MobileNetV3 paper's RMSProp recipe."""
+from configs import recipes
+
+
+def get_config():
+  """mobilenetv3_small_100; `--config.model_kwargs.se=False` removes every SE block."""
+  return recipes.mobilenetv3_recipe('mobilenetv3_small_100')

@@ -1,0 +1,7 @@
+"""se_mobilenet_v1 on ImageNet: ShuffleNet's recipe (linear decay), as the SE paper trains mobile networks."""
+from configs import recipes
+
+
+def get_config():
+  """se_mobilenet_v1 with SE knobs in model_kwargs."""
+  return recipes.shufflenet_recipe('se_mobilenet_v1')

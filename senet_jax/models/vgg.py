@@ -1,0 +1,81 @@
+"""VGG with BatchNorm (the SE paper's VGG-16 baseline) and SE-VGG.
+
+The SE paper (TPAMI version, Sec. 4) integrates SE into VGGNet "by insertion after the
+non-linearity following each convolution", and trains VGG-16 and SE-VGG-16 with BatchNorm after
+each convolution (Table 2 note). That is the default `se_placement='every_conv'`;
+`'stage_end'` puts one SE block after the last conv of each stage only (a common variant).
+
+Layout as torchvision's `vgg16_bn`: 3x3 convs with bias, BN, ReLU; 2x2 max pools; adaptive
+average pool to 7x7; 4096-4096-classes classifier with dropout. SE gates are recorded as
+'SE_<stage>_<conv>' (stage 1..5, conv index within the stage).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from senet_jax.models import layers
+from senet_jax.models import squeeze_excite as se_lib
+from senet_jax.models.registry import register
+
+VGG_STAGES = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3),
+              19: (2, 2, 4, 4, 4)}
+PLACEMENTS = ('every_conv', 'stage_end')
+
+
+class VGG(se_lib.SEModel):
+  """VGG-BN / SE-VGG: `stage_sizes` convs per stage of `stage_widths` channels, then the MLP.
+
+  SE fields (see `SEModel`): on by default; `se_placement` 'every_conv' (paper) or 'stage_end'.
+  """
+  stage_sizes: Sequence[int] = VGG_STAGES[16]
+  stage_widths: Sequence[int] = (64, 128, 256, 512, 512)
+  hidden_width: int = 4096
+  pool_size: int = 7
+  num_classes: int = 1000
+  dropout_rate: float = 0.5
+  se_placement: str = 'every_conv'
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  conv_impl: str = 'auto'
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    layers.check_choice('se_placement', self.se_placement, PLACEMENTS)
+    layers.check_model_choices(conv_impl=self.conv_impl)
+    if len(self.stage_sizes) != len(self.stage_widths):
+      raise ValueError(f'stage_sizes {tuple(self.stage_sizes)} and stage_widths '
+                       f'{tuple(self.stage_widths)} must have the same length')
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv, norm = layers.model_conv_and_norm(self.conv_impl, self.dtype, self.bn_momentum,
+                                            self.bn_epsilon)
+    x = x.astype(self.dtype)
+    for s, (num_convs, width) in enumerate(zip(self.stage_sizes, self.stage_widths), start=1):
+      for i in range(1, num_convs + 1):
+        x = layers.ConvBNAct(width, 3, use_bias=True, conv=conv, norm=norm,
+                             name=f'conv{s}_{i}')(x, train)
+        if self.se_placement == 'every_conv' or i == num_convs:
+          se = self.se_layer(f'SE_{s}_{i}')
+          x = x if se is None else se(name=f'se{s}_{i}')(x)
+      x = layers.max_pool(x, 2, 2, ((0, 0), (0, 0)))
+    x = layers.FeatureTap(name='features')(x)
+    x = layers.adaptive_avg_pool(x, self.pool_size)
+    # Flatten in PyTorch's (C, H, W) order so the classifier's rows line up with torchvision.
+    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1).astype(jnp.float32)
+    for name in ('fc6', 'fc7'):
+      x = nn.relu(nn.Dense(self.hidden_width, dtype=self.dtype, name=name)(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=jnp.float32, name='classifier')(x)
+
+
+for _depth, _stages in VGG_STAGES.items():
+  register(f'vgg{_depth}_bn', VGG, family='vgg', stage_sizes=_stages, se=False,
+           dropout_rate=0.5)
+  register(f'se_vgg{_depth}', VGG, family='vgg', stage_sizes=_stages, se=True,
+           dropout_rate=0.5)
