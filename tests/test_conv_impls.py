@@ -14,6 +14,9 @@ CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, 
     ('dense', 8, 16, 4, 3, 1, ((1, 1), (1, 1)), 7),
     ('dense', 16, 16, 8, 3, 2, ((1, 1), (1, 1)), 8),
     ('dense', 8, 8, 8, 3, 2, 'SAME', 7),      # depthwise as dense also correct
+    ('split', 128, 128, 32, 3, 1, ((1, 1), (1, 1)), 5),  # 32x4d: 8 slices of 4 groups
+    ('split', 64, 128, 4, 3, 2, 'SAME', 6),    # 16 channels per group: 4 dense slices
+    ('split', 96, 48, 6, 3, 1, ((1, 1), (1, 1)), 4),   # 16 per group: 6 separate dense convs
     ('matmul', 8, 16, 1, 1, 1, 'SAME', 7),    # 1x1 as a channel contraction
     ('matmul', 8, 16, 1, 1, 2, ((0, 0), (0, 0)), 8),  # strided 1x1 (ResNet projections)
     ('matmul', 8, 16, 1, 1, 2, 'SAME', 7),
@@ -39,7 +42,7 @@ def test_forward_and_gradients_match_xla(impl, cin, cout, groups, k, stride, pad
 
 def test_auto_resolves_per_backend():
   assert conv_impls.resolve_impl('auto', 32, 32, backend='cpu') == 'shift'
-  assert conv_impls.resolve_impl('auto', 32, 128, backend='cpu') == 'dense'
+  assert conv_impls.resolve_impl('auto', 32, 128, backend='cpu') == 'split'
   assert conv_impls.resolve_impl('auto', 32, 128, backend='gpu') == 'xla'
   assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu') == 'xla'
   assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=1) == 'matmul'
@@ -48,6 +51,14 @@ def test_auto_resolves_per_backend():
       'im2col')
   assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=9, spatial=49) == (
       'xla')
+
+
+def test_split_factor_merges_groups_to_about_16_channels():
+  assert conv_impls.split_factor(32, 128) == 4     # 4 channels per group -> 4 groups per slice
+  assert conv_impls.split_factor(32, 256) == 2
+  assert conv_impls.split_factor(32, 1024) == 1    # 32 per group: separate dense convs
+  assert conv_impls.split_factor(6, 12) == 6       # 2 per group: 8 would not divide 6 -> 6
+  assert conv_impls.split_factor(3, 30) == 1       # 10 per group
 
 
 def test_shift_rejects_non_depthwise_and_unknown_impl():
