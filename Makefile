@@ -1,6 +1,6 @@
 # make test        - create .venv if missing, install, run the test suite
 # make quickstart  - create .venv if missing, train an SE network on the offline digits dataset
-# make bench       - speed benchmark against timm (see benchmarks/README.md)
+# make bench       - speed benchmark against timm (see README.md, "Speed")
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -47,7 +47,25 @@ def parse_args(argv=None):
   p.add_argument('--conv_impl', default='auto')
   p.add_argument('--dtype', default='auto', help="'auto': bfloat16 on GPU, float32 on CPU")
   p.add_argument('--json', default='', help='write the results here')
+  p.add_argument('--in_process', action='store_true',
+                 help='run every case in this process (default: a fresh process per case, so '
+                      'one model\'s retained memory cannot slow or starve the next)')
   return p.parse_args(argv)
+
+
+def run_isolated(args, name, shape, mode):
+  """Runs one (model, shape, mode) case in a fresh interpreter; returns its row."""
+  import subprocess
+  import tempfile
+  with tempfile.NamedTemporaryFile(suffix='.json') as out:
+    cmd = [sys.executable, os.path.abspath(__file__), '--in_process', f'--models={name}',
+           f'--shapes={shape}', f'--mode={mode}', f'--repeats={args.repeats}',
+           f'--iters={args.iters}', f'--threads={args.threads}',
+           f'--conv_impl={args.conv_impl}', f'--dtype={args.dtype}', f'--json={out.name}']
+    cmd += ['--torch_compile'] * args.torch_compile + ['--no_torch'] * args.no_torch
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    with open(out.name) as f:
+      return json.load(f)['rows'][0]
 
 
 def _time_rounds(fn, iters):
@@ -194,9 +212,13 @@ def main(argv=None):
     for shape in args.shapes.split(','):
       res, batch = (int(v) for v in shape.split('x'))
       for mode in args.mode.split(','):
-        row = bench_one(args, name, res, batch, mode == 'train', on_gpu, dtype)
+        if args.in_process:
+          row = bench_one(args, name, res, batch, mode == 'train', on_gpu, dtype)
+          jax.clear_caches()
+          gc.collect()  # free both frameworks' buffers before the next model
+        else:
+          row = run_isolated(args, name, shape, mode)
         rows.append(row)
-        gc.collect()  # free both frameworks' buffers before the next model
         print(format_row(row), flush=True)
   print('\n' + markdown_table(rows))
   print(f'\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}), '

@@ -23,6 +23,9 @@ CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, 
     ('im2col', 8, 16, 1, 3, 1, ((1, 1), (1, 1)), 2),  # 3x3 on a 2x2 map
     ('im2col', 8, 16, 1, 3, 2, 'SAME', 5),
     ('im2col', 8, 16, 1, 5, 1, 'SAME', 3),
+    ('im2col_grad', 8, 16, 1, 3, 1, ((1, 1), (1, 1)), 6),
+    ('im2col_grad', 8, 16, 1, 3, 2, 'SAME', 7),      # strided, TF SAME
+    ('im2col_grad', 3, 8, 1, (1, 7), 1, ((0, 0), (3, 3)), 8),  # rectangular (Inception)
 ]
 
 
@@ -30,7 +33,8 @@ CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, 
 def test_forward_and_gradients_match_xla(impl, cin, cout, groups, k, stride, padding, size):
   rng = np.random.RandomState(0)
   x = jnp.asarray(rng.randn(2, size, size, cin).astype(np.float32))
-  w = jnp.asarray(rng.randn(k, k, cin // groups, cout).astype(np.float32))
+  kh, kw = (k, k) if isinstance(k, int) else k
+  w = jnp.asarray(rng.randn(kh, kw, cin // groups, cout).astype(np.float32))
   ref = lambda x, w: conv_impls.conv_xla(x, w, stride, padding, groups)
   alt = lambda x, w: conv_impls.conv(x, w, stride, padding, groups, impl)
   np.testing.assert_allclose(jax.jit(alt)(x, w), jax.jit(ref)(x, w), rtol=1e-4, atol=1e-4)
@@ -44,12 +48,20 @@ def test_auto_resolves_per_backend():
   assert conv_impls.resolve_impl('auto', 32, 32, backend='cpu') == 'shift'
   assert conv_impls.resolve_impl('auto', 32, 128, backend='cpu') == 'split'
   assert conv_impls.resolve_impl('auto', 32, 128, backend='gpu') == 'xla'
-  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu') == 'xla'
+  assert conv_impls.resolve_impl('auto', 1, 256, backend='cpu', spatial=14 * 14) == 'xla'
+  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', spatial=8 * 8) == 'xla'
+  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', spatial=28 * 28) == (
+      'im2col_grad')
+  assert conv_impls.resolve_impl('auto', 1, 64, backend='cpu') == 'im2col_grad'  # <= 64 chans
+  assert conv_impls.resolve_impl('auto', 1, 512, backend='cpu', spatial=49) == 'im2col_grad'
+  assert conv_impls.resolve_impl('auto', 1, 3, backend='cpu') == 'im2col'   # 3x3 stems
+  assert conv_impls.resolve_impl('auto', 1, 3, backend='cpu', kernel_size=49) == 'im2col_grad'
+  assert conv_impls.resolve_impl('auto', 1, 64, backend='gpu') == 'xla'
   assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=1) == 'matmul'
   assert conv_impls.resolve_impl('auto', 1, 128, backend='gpu', kernel_size=1) == 'xla'
   assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=9, spatial=4) == (
       'im2col')
-  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=9, spatial=49) == (
+  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=9, spatial=64) == (
       'xla')
 
 
@@ -66,3 +78,19 @@ def test_shift_rejects_non_depthwise_and_unknown_impl():
     conv_impls.resolve_impl('shift', 4, 16)
   with pytest.raises(ValueError, match='conv_impl'):
     conv_impls.resolve_impl('winograd', 4, 16)
+
+
+def test_channel_matmul_gradients_in_bfloat16_keep_dtype_and_match_float32():
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(2, 5, 5, 8).astype(np.float32))
+  w = jnp.asarray(rng.randn(8, 4).astype(np.float32))
+  loss = lambda x, w: jnp.sum(conv_impls.channel_matmul(x, w).astype(jnp.float32) ** 2)
+  ref = jax.grad(loss, argnums=(0, 1))(x, w)
+  auto = jax.grad(lambda x, w: jnp.sum(jnp.einsum('nhwc,co->nhwo', x, w) ** 2),
+                  argnums=(0, 1))(x, w)
+  for a, b in zip(ref, auto):                        # the hand-written VJP is autodiff's
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  low = jax.grad(loss, argnums=(0, 1))(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+  assert [g.dtype for g in low] == [jnp.bfloat16, jnp.bfloat16]
+  for a, b in zip(low, ref):
+    np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0.05, atol=0.5)

@@ -23,25 +23,33 @@ speed per backend:
 - 'matmul': 1x1 dense convolutions as one `dot_general` over the channel axis (strided
   inputs subsampled first). XLA:CPU runs these 3-9x faster than the same 1x1
   `conv_general_dilated`, forward and backward, and 1x1 convs carry most of the FLOPs of
-  EfficientNet and of bottleneck ResNets.
+  EfficientNet and of bottleneck ResNets. Its weight gradient is written as one 2-D matmul
+  (`channel_matmul`): autodiff's 4-D contraction over (N, H, W) made XLA:CPU copy the
+  activations first and ran 1.5-3x slower than PyTorch's on the expanding 1x1 convs.
 
-- 'im2col': dense kxk convs as k*k shifted slices concatenated on channels and one matmul.
-  On XLA:CPU, convs whose input is not larger than the kernel (a 3x3 conv on the 2x2 maps of
-  the last ResNet stage at 64 px) leave the fast YNNPACK path for a generic one ~100x slower.
+- 'im2col': dense kxk convs as k*k shifted slices concatenated on channels and one matmul
+  (`channel_matmul`, so its weight gradient is one 2-D matmul too). On XLA:CPU, convs whose
+  input is not larger than the kernel (a 3x3 conv on the 2x2 maps of the last ResNet stage at
+  64 px) leave the fast YNNPACK path for a generic one ~100x slower; 3x3 stems (3 input
+  channels) are also faster as one matmul with K = 27.
+- 'im2col_grad': XLA's conv forward and input gradient, the weight gradient as im2col's one
+  2-D matmul. XLA:CPU's weight gradient of kxk convs with <= 64 input channels or maps of
+  <= 7 px is what makes its fwd + bwd 1.3-2x slower than im2col there, while its forward
+  (all of inference) is as fast (`_im2col_grad_is_faster`, ResNet-50 / EfficientNet shapes).
 
-'auto' picks per backend: on CPU 'matmul' for 1x1, 'im2col' for kxk on maps no larger than
-the kernel, 'shift' for depthwise and 'split' for other
-grouped convolutions, 'xla' everywhere else.
+'auto' picks per backend: on CPU 'matmul' for 1x1, 'im2col' / 'im2col_grad' for kxk where
+faster, 'shift' for depthwise and 'split' for other grouped convolutions, 'xla' elsewhere.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLS = ('auto', 'xla', 'shift', 'dense', 'split', 'matmul', 'im2col')
+IMPLS = ('auto', 'xla', 'shift', 'dense', 'split', 'matmul', 'im2col', 'im2col_grad')
 SPLIT_SLICE_CHANNELS = 16  # input channels per dense slice of 'split' (measured best on CPU)
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
@@ -55,9 +63,15 @@ def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None =
   if groups == 1:
     if kernel_size == 1 and (impl == 'matmul' or (impl == 'auto' and on_cpu)):
       return 'matmul'
-    if impl == 'im2col' or (impl == 'auto' and on_cpu and kernel_size > 1
-                            and spatial <= kernel_size):
-      return 'im2col'
+    if impl in ('im2col', 'im2col_grad'):
+      return impl
+    if impl == 'auto' and on_cpu and kernel_size > 1:
+      # 3x3 stems (3 channels): one K=27 matmul beats XLA fwd and bwd; 7x7 stems do not
+      # (forward 52 vs 25 ms at 224x16) and take 'im2col_grad' below.
+      if spatial <= kernel_size or (in_channels <= 4 and kernel_size <= 9):
+        return 'im2col'
+      if _im2col_grad_is_faster(in_channels, spatial):
+        return 'im2col_grad'
     return 'xla'
   depthwise = groups == in_channels
   if impl == 'auto':
@@ -66,12 +80,19 @@ def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None =
     return 'shift' if depthwise else 'split'
   if impl == 'matmul':
     raise ValueError(f"conv_impl='matmul' needs a dense 1x1 conv, got groups={groups}")
-  if impl == 'im2col':
-    raise ValueError(f"conv_impl='im2col' needs a dense conv, got groups={groups}")
+  if impl in ('im2col', 'im2col_grad'):
+    raise ValueError(f"conv_impl={impl!r} needs a dense conv, got groups={groups}")
   if impl == 'shift' and not depthwise:
     raise ValueError(f"conv_impl='shift' needs a depthwise conv (groups == in_channels), got "
                      f'groups={groups} with {in_channels} input channels')
   return impl
+
+
+def _im2col_grad_is_faster(in_channels: int, spatial: int) -> bool:
+  """XLA:CPU 3x3 conv fwd + bwd, XLA vs im2col weight gradient (ms, batch 16 at 224 / 64 at
+  64 px): 56x56x64 144 vs 90, 28x28x128 79 vs 60, 16x16x64 49 vs 29, 7x7x512 48 vs 44; but
+  8x8x128 14.0 vs 17.8 and 14x14x256 42 vs 45."""
+  return in_channels <= 64 or spatial <= 49 or (in_channels <= 128 and spatial >= 28 * 28)
 
 
 def _pads(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: int, padding: Any):
@@ -141,6 +162,27 @@ def conv_split(x, kernel, strides: int, padding: Any, groups: int):
   return outs[0] if slices == 1 else jnp.concatenate(outs, axis=-1)
 
 
+@jax.custom_vjp
+def channel_matmul(x, w):
+  """x (..., Cin) @ w (Cin, Cout); the weight gradient is one (Cin, M) x (M, Cout) matmul."""
+  return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _channel_matmul_fwd(x, w):
+  return channel_matmul(x, w), (x, w)
+
+
+def _channel_matmul_bwd(residuals, dy):
+  x, w = residuals
+  dx = lax.dot_general(dy, w, (((dy.ndim - 1,), (1,)), ((), ())))
+  dw = jnp.dot(x.reshape(-1, x.shape[-1]).T, dy.reshape(-1, dy.shape[-1]),
+               preferred_element_type=jnp.float32)
+  return dx, dw.astype(w.dtype)
+
+
+channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
+
+
 def conv_matmul(x, kernel, strides: int, padding: Any):
   """1x1 conv as a contraction over channels (after subsampling for stride > 1)."""
   (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, strides, padding)
@@ -148,21 +190,54 @@ def conv_matmul(x, kernel, strides: int, padding: Any):
     x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   if strides > 1:
     x = x[:, ::strides, ::strides, :]
-  return lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
+  return channel_matmul(x, kernel[0, 0])
 
 
 def conv_im2col(x, kernel, strides: int, padding: Any):
   """Dense kxk conv as one matmul over k*k concatenated shifted slices."""
   kh, kw, cin, cout = kernel.shape
-  (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, strides, padding)
+  cols = _im2col_columns(x, kernel.shape, strides, padding)
+  return channel_matmul(cols, kernel.reshape(kh * kw * cin, cout))
+
+
+def _im2col_columns(x, kernel_shape, strides: int, padding: Any):
+  """(N, Ho, Wo, kh*kw*Cin): the input patch of every output position, tap-major."""
+  kh, kw, cin, _ = kernel_shape
+  (pt, pb), (pl, pr) = _pads(x.shape, kernel_shape, strides, padding)
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   out_h = (xp.shape[1] - kh) // strides + 1
   out_w = (xp.shape[2] - kw) // strides + 1
-  cols = [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (out_h - 1) * strides + 1,
-                                       j + (out_w - 1) * strides + 1, cin),
-                    (1, strides, strides, 1)) for i in range(kh) for j in range(kw)]
-  return lax.dot_general(jnp.concatenate(cols, axis=-1), kernel.reshape(kh * kw * cin, cout),
-                         (((3,), (0,)), ((), ())))
+  return jnp.concatenate(
+      [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (out_h - 1) * strides + 1,
+                                    j + (out_w - 1) * strides + 1, cin), (1, strides, strides, 1))
+       for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def conv_im2col_grad(x, kernel, strides: int, padding: Any):
+  """XLA conv forward and input gradient; the weight gradient is im2col's 2-D matmul."""
+  padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+  return _conv_im2col_grad(x, kernel, strides, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_im2col_grad(x, kernel, strides, padding):
+  return conv_xla(x, kernel, strides, padding, 1)
+
+
+def _conv_im2col_grad_fwd(x, kernel, strides, padding):
+  return conv_xla(x, kernel, strides, padding, 1), (x, kernel)
+
+
+def _conv_im2col_grad_bwd(strides, padding, residuals, dy):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x: conv_xla(x, kernel, strides, padding, 1), x)
+  cols = _im2col_columns(x, kernel.shape, strides, padding)
+  dw = jnp.dot(cols.reshape(-1, cols.shape[-1]).T, dy.reshape(-1, dy.shape[-1]),
+               preferred_element_type=jnp.float32)
+  return input_vjp(dy)[0], dw.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
 
 
 def conv(x, kernel, strides: int, padding: Any, groups: int, impl: str = 'auto'):
@@ -173,6 +248,8 @@ def conv(x, kernel, strides: int, padding: Any, groups: int, impl: str = 'auto')
     return conv_matmul(x, kernel, strides, padding)
   if impl == 'im2col':
     return conv_im2col(x, kernel, strides, padding)
+  if impl == 'im2col_grad':
+    return conv_im2col_grad(x, kernel, strides, padding)
   if impl == 'shift':
     return conv_shift(x, kernel, strides, padding)
   if impl == 'split':
