@@ -79,7 +79,8 @@ _EFF_TOP = {'conv_stem': 'conv_stem', 'bn1': 'bn_stem', 'conv_head': 'conv_head'
             'bn2': 'bn_head', 'classifier': 'classifier'}
 
 
-def _resnet_module(module: str, deep_stem: bool) -> str | None:
+def _resnet_module(module: str, state_dict: dict) -> str | None:
+  """ResNet / SE-ResNet(X) / SENet-154; a deep stem (layer0.conv1-3) maps to stem_conv1-3."""
   match = re.fullmatch(r'layer([1-4])\.(\d+)\.(.+)', module)
   if match:
     stage, block, rest = match.groups()
@@ -87,6 +88,7 @@ def _resnet_module(module: str, deep_stem: bool) -> str | None:
   match = re.fullmatch(r'(?:layer0\.)?(conv|bn)([123])', module)
   if match:
     kind, i = match.groups()
+    deep_stem = 'layer0.conv2.weight' in state_dict
     return f'stem_{kind}{i}' if deep_stem else f'{kind}{i}'
   return {'last_linear': 'fc', 'fc': 'fc'}.get(module)
 
@@ -122,7 +124,7 @@ def _inception_resnet_module(module: str, state_dict: dict) -> str | None:
   return '/'.join([head] + (['_'.join(rest)] if rest else []) + leaf)
 
 
-_MODULE_MAPPERS = {'resnet': None, 'efficientnet': _efficientnet_module,
+_MODULE_MAPPERS = {'resnet': _resnet_module, 'efficientnet': _efficientnet_module,
                    'mobilenet': _efficientnet_module, 'inception': _inception_resnet_module}
 _HEADS = {'resnet': 'fc.weight', 'efficientnet': 'classifier.weight',
           'mobilenet': 'classifier.weight', 'inception': 'classif.weight'}
@@ -161,8 +163,7 @@ def from_timm(state_dict: dict, timm_name: str, **model_overrides):
   head_key = 'last_linear.weight' if timm_name.startswith('legacy_') else _HEADS[family]
   num_classes = state_dict[head_key].shape[0] if head_key in state_dict else 1000
   model = create_model(model_name, num_classes=num_classes, **{**overrides, **model_overrides})
-  deep_stem = getattr(model, 'stem', 'conv7') == 'deep'
-  mapper = _MODULE_MAPPERS[family] or (lambda module, _: _resnet_module(module, deep_stem))
+  mapper = _MODULE_MAPPERS[family]
   converted, unexpected, origin = {}, [], {}
   for key, value in state_dict.items():
     module, _, param = key.rpartition('.')

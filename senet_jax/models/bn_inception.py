@@ -83,21 +83,10 @@ class BNInception(se_lib.SEModel):
   """BN-Inception / SE-BN-Inception (224 px; any size >= 32 works)."""
   modules: tuple[InceptionSpec, ...] = MODULES
   stem_widths: tuple[int, int, int] = (64, 64, 192)
-  num_classes: int = 1000
-  dropout_rate: float = 0.0
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'
-  dtype: Any = jnp.float32
-
-  def __post_init__(self):
-    layers.check_model_choices(conv_impl=self.conv_impl)
-    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv, norm = layers.model_conv_and_norm(self.conv_impl, self.dtype, self.bn_momentum,
-                                            self.bn_epsilon)
+    conv, norm = self.conv_and_norm()
 
     def conv_bn(features, kernel, strides=1, name=None):
       return layers.ConvBNAct(features, kernel, strides, use_bias=True, conv=conv, norm=norm,

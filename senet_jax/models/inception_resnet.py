@@ -74,17 +74,12 @@ class ResidualInceptionBlock(nn.Module):
 class InceptionResNetV2(se_lib.SEModel):
   """Inception-ResNet-v2 / SE-Inception-ResNet-v2; `stage_sizes` = Block35/17/8 repeats."""
   stage_sizes: Sequence[int] = (10, 20, 9)
-  num_classes: int = 1000
   dropout_rate: float = 0.2
   padding: str = 'valid'
-  bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
-  conv_impl: str = 'auto'
-  dtype: Any = jnp.float32
 
   def __post_init__(self):
     layers.check_choice('padding', self.padding, ('valid', 'same'))
-    layers.check_model_choices(conv_impl=self.conv_impl)
     if len(self.stage_sizes) != 3:
       raise ValueError(f'stage_sizes must have 3 entries (Block35, Block17, Block8 repeats), '
                        f'got {tuple(self.stage_sizes)}')
@@ -108,8 +103,7 @@ class InceptionResNetV2(se_lib.SEModel):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv, norm = layers.model_conv_and_norm(self.conv_impl, self.dtype, self.bn_momentum,
-                                            self.bn_epsilon)
+    conv, norm = self.conv_and_norm()
     conv_bn = functools.partial(layers.ConvBNAct, conv=conv, norm=norm)
     reduce = functools.partial(conv_bn, strides=2, padding=self._unpadded())
     valid = self._unpadded()

@@ -8,7 +8,6 @@ reformulated; on GPU/TPU `feature_group_count` is used.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -29,17 +28,6 @@ def check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:
   """Raises ValueError naming `field` when `value` is not one of `allowed`."""
   if value not in allowed:
     raise ValueError(f'{field}={value!r} is not valid; allowed values: {list(allowed)}')
-
-
-def check_model_choices(act: str | None = None, padding: str | None = None,
-                        conv_impl: str | None = None) -> None:
-  """Validates the model-wide `act`, `padding` and `conv_impl` fields (None: not a field)."""
-  if act is not None:
-    check_choice('act', act, tuple(ACTIVATIONS))
-  if padding is not None:
-    check_choice('padding', padding, PADDING_MODES)
-  if conv_impl is not None:
-    check_choice('conv_impl', conv_impl, conv_impls.IMPLS)
 
 
 def conv_kernel_init_fan_out(groups: int = 1) -> Callable:
@@ -154,15 +142,6 @@ class ConvBNAct(nn.Module):
                   use_bias=self.use_bias, name='conv')(x)
     x = self.norm(use_running_average=not train, name='bn')(x)
     return x if self.act is None else self.act(x)
-
-
-def model_conv_and_norm(conv_impl: str, dtype: Dtype, bn_momentum: float, bn_epsilon: float,
-                        **conv_defaults):
-  """(conv, norm) constructors with a model's implementation, dtype and BN settings."""
-  conv = functools.partial(Conv2d, impl=conv_impl, dtype=dtype, **conv_defaults)
-  norm = functools.partial(nn.BatchNorm, momentum=bn_momentum, epsilon=bn_epsilon, dtype=dtype,
-                           param_dtype=jnp.float32)
-  return conv, norm
 
 
 def batch_norm(train: bool, *, momentum: float = 0.9, epsilon: float = 1e-5,

@@ -29,6 +29,11 @@ from senet_jax.models.registry import register
 V1_STAGES = ((64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 2, 6), (1024, 2, 2))
 
 
+def _check_act_and_padding(act: str, padding: str) -> None:
+  layers.check_choice('act', act, tuple(layers.ACTIVATIONS))
+  layers.check_choice('padding', padding, layers.PADDING_MODES)
+
+
 class DepthwiseSeparable(nn.Module):
   """3x3 depthwise conv, BN, act -> 1x1 conv, BN, act -> [SE] (MobileNet v1 block)."""
   out_channels: int
@@ -53,23 +58,16 @@ class MobileNetV1(se_lib.SEModel):
   stages: Sequence[tuple[int, int, int]] = V1_STAGES
   width: float = 1.0
   stem_channels: int = 32
-  num_classes: int = 1000
-  dropout_rate: float = 0.0
   act: str = 'relu'
   padding: str = 'symmetric'
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'
-  dtype: Any = jnp.float32
 
   def __post_init__(self):
-    layers.check_model_choices(self.act, self.padding, self.conv_impl)
+    _check_act_and_padding(self.act, self.padding)
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv, norm = layers.model_conv_and_norm(self.conv_impl, self.dtype, self.bn_momentum,
-                                            self.bn_epsilon, padding=self.padding)
+    conv, norm = self.conv_and_norm(padding=self.padding)
     act = layers.get_activation(self.act, 'act')
     scaled = lambda c: se_lib.make_divisible(c * self.width, 8)
     x = conv(scaled(self.stem_channels), 3, 2, name='conv_stem')(x.astype(self.dtype))
@@ -148,7 +146,6 @@ class MobileNetV3(se_lib.SEModel):
   stages: Sequence[Sequence[str]] = V3_LARGE
   stem_channels: int = 16
   head_channels: int = 1280
-  num_classes: int = 1000
   dropout_rate: float = 0.2
   drop_path_rate: float = 0.0
   act: str = 'hard_swish'
@@ -158,11 +155,9 @@ class MobileNetV3(se_lib.SEModel):
   padding: str = 'tf_same'
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
-  conv_impl: str = 'auto'
-  dtype: Any = jnp.float32
 
   def __post_init__(self):
-    layers.check_model_choices(self.act, self.padding, self.conv_impl)
+    _check_act_and_padding(self.act, self.padding)
     for stage in self.stages:
       for block in stage:
         decode_v3_block(block)
@@ -170,8 +165,7 @@ class MobileNetV3(se_lib.SEModel):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv, norm = layers.model_conv_and_norm(self.conv_impl, self.dtype, self.bn_momentum,
-                                            self.bn_epsilon, padding=self.padding)
+    conv, norm = self.conv_and_norm(padding=self.padding)
     act = layers.get_activation(self.act, 'act')
     x = conv(self.stem_channels, 3, 2, name='conv_stem')(x.astype(self.dtype))
     x = act(norm(use_running_average=not train, name='bn_stem')(x))

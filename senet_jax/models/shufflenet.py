@@ -68,16 +68,9 @@ class ShuffleNetV1(se_lib.SEModel):
   scale: float = 1.0
   stage_sizes: Sequence[int] = (4, 8, 4)
   stem_channels: int = 24
-  num_classes: int = 1000
-  dropout_rate: float = 0.0
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'
-  dtype: Any = jnp.float32
 
   def __post_init__(self):
     layers.check_choice('groups', self.groups, tuple(STAGE_WIDTHS))
-    layers.check_model_choices(conv_impl=self.conv_impl)
     if len(self.stage_sizes) != 3:
       raise ValueError(f'stage_sizes must have 3 entries (stages 2-4), got '
                        f'{tuple(self.stage_sizes)}')
@@ -85,8 +78,7 @@ class ShuffleNetV1(se_lib.SEModel):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv, norm = layers.model_conv_and_norm(self.conv_impl, self.dtype, self.bn_momentum,
-                                            self.bn_epsilon)
+    conv, norm = self.conv_and_norm()
     x = conv(self.stem_channels, 3, 2, name='conv1')(x.astype(self.dtype))
     x = nn.relu(norm(use_running_average=not train, name='bn1')(x))
     x = layers.max_pool_padded(x, 3, 2)

@@ -11,7 +11,7 @@ average pool to 7x7; 4096-4096-classes classifier with dropout. SE gates are rec
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -35,17 +35,11 @@ class VGG(se_lib.SEModel):
   stage_widths: Sequence[int] = (64, 128, 256, 512, 512)
   hidden_width: int = 4096
   pool_size: int = 7
-  num_classes: int = 1000
   dropout_rate: float = 0.5
   se_placement: str = 'every_conv'
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'
-  dtype: Any = jnp.float32
 
   def __post_init__(self):
     layers.check_choice('se_placement', self.se_placement, PLACEMENTS)
-    layers.check_model_choices(conv_impl=self.conv_impl)
     if len(self.stage_sizes) != len(self.stage_widths):
       raise ValueError(f'stage_sizes {tuple(self.stage_sizes)} and stage_widths '
                        f'{tuple(self.stage_widths)} must have the same length')
@@ -53,8 +47,7 @@ class VGG(se_lib.SEModel):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv, norm = layers.model_conv_and_norm(self.conv_impl, self.dtype, self.bn_momentum,
-                                            self.bn_epsilon)
+    conv, norm = self.conv_and_norm()
     x = x.astype(self.dtype)
     for s, (num_convs, width) in enumerate(zip(self.stage_sizes, self.stage_widths), start=1):
       for i in range(1, num_convs + 1):
