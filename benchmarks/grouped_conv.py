@@ -70,6 +70,8 @@ def main(argv=None) -> None:
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--threads', type=int, default=os.cpu_count())
   args = p.parse_args(argv)
+  from senet_jax.utils import xla_flags
+  xla_flags.configure_xla_cpu()  # the CPU convolution engine main.py uses
   import jax
   import torch
   torch.set_num_threads(args.threads)

@@ -199,8 +199,9 @@ def bench_one(args, name, res, batch, train, on_gpu, dtype):
 
 def main(argv=None):
   args = parse_args(argv)
-  from senet_jax.utils import allocator
+  from senet_jax.utils import allocator, xla_flags
   allocator.reexec_with_jemalloc()  # both frameworks then run on jemalloc, as main.py does
+  xla_flags.configure_xla_cpu()  # and XLA with the CPU convolution flags main.py sets
   import jax
   on_gpu = jax.default_backend() == 'gpu'
   dtype = args.dtype if args.dtype != 'auto' else ('bfloat16' if on_gpu else 'float32')

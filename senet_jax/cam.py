@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from senet_jax.utils import xla_flags
+
 
 def run(checkpoint: str, paths: list[str], output: str, method: str = 'gradcam',
         class_index: int | None = None) -> list[str]:
@@ -42,6 +44,7 @@ def main(argv=None) -> int:
   p.add_argument('--output', required=True)
   p.add_argument('images', nargs='+')
   args = p.parse_args(argv)
+  xla_flags.configure_xla_cpu()
   for path in run(args.checkpoint, args.images, args.output, args.method, args.class_index):
     print(f'wrote {path}')
   return 0

@@ -13,6 +13,9 @@ try:
 except ImportError:
   pass
 
+from senet_jax.utils import xla_flags  # noqa: E402
+
+xla_flags.configure_xla_cpu()  # the CPU convolution engine main.py runs with
 import jax  # noqa: E402
 
 # Halves XLA:CPU compile time of parameter init (random streams differ; tests never pin them).

@@ -45,24 +45,37 @@ def test_forward_and_gradients_match_xla(impl, cin, cout, groups, k, stride, pad
 
 
 def test_auto_resolves_per_backend():
-  assert conv_impls.resolve_impl('auto', 32, 32, backend='cpu') == 'shift'
-  assert conv_impls.resolve_impl('auto', 32, 128, backend='cpu') == 'split'
-  assert conv_impls.resolve_impl('auto', 32, 128, backend='gpu') == 'xla'
-  assert conv_impls.resolve_impl('auto', 1, 256, backend='cpu', spatial=14 * 14) == 'xla'
-  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', spatial=8 * 8) == 'xla'
-  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', spatial=28 * 28) == (
-      'im2col_grad')
-  assert conv_impls.resolve_impl('auto', 1, 64, backend='cpu') == 'im2col_grad'  # <= 64 chans
-  assert conv_impls.resolve_impl('auto', 1, 512, backend='cpu', spatial=49) == 'im2col_grad'
-  assert conv_impls.resolve_impl('auto', 1, 3, backend='cpu') == 'im2col'   # 3x3 stems
-  assert conv_impls.resolve_impl('auto', 1, 3, backend='cpu', kernel_size=49) == 'im2col_grad'
-  assert conv_impls.resolve_impl('auto', 1, 64, backend='gpu') == 'xla'
-  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=1) == 'matmul'
-  assert conv_impls.resolve_impl('auto', 1, 128, backend='gpu', kernel_size=1) == 'xla'
-  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=9, spatial=4) == (
-      'im2col')
-  assert conv_impls.resolve_impl('auto', 1, 128, backend='cpu', kernel_size=9, spatial=64) == (
-      'xla')
+  resolve = conv_impls.resolve_impl
+  for engine in ('eigen', 'ynn'):
+    assert resolve('auto', 32, 32, backend='cpu', engine=engine) == 'shift'
+    assert resolve('auto', 32, 128, backend='cpu', engine=engine) == 'split'
+    assert resolve('auto', 1, 128, backend='cpu', kernel_size=1, engine=engine) == 'matmul'
+    # maps no larger than the kernel leave both engines' fast path
+    assert resolve('auto', 1, 128, backend='cpu', kernel_size=9, spatial=4,
+                   engine=engine) == 'im2col'
+  assert resolve('auto', 32, 128, backend='gpu') == 'xla'
+  assert resolve('auto', 1, 64, backend='gpu') == 'xla'
+  assert resolve('auto', 1, 128, backend='gpu', kernel_size=1) == 'xla'
+
+
+def test_auto_dense_kxk_on_eigen_is_xla():
+  for cin, k, spatial in ((3, 49, 224 ** 2), (3, 9, 224 ** 2), (64, 9, 56 ** 2),
+                          (512, 9, 49), (128, 9, 64)):
+    assert conv_impls.resolve_impl('auto', 1, cin, backend='cpu', kernel_size=k,
+                                   spatial=spatial, engine='eigen') == 'xla'
+
+
+def test_auto_dense_kxk_on_ynnpack_uses_im2col_weight_gradients():
+  resolve = lambda cin, **kw: conv_impls.resolve_impl('auto', 1, cin, backend='cpu',
+                                                       engine='ynn', **kw)
+  assert resolve(256, spatial=14 * 14) == 'xla'
+  assert resolve(128, spatial=8 * 8) == 'xla'
+  assert resolve(128, spatial=28 * 28) == 'im2col_grad'
+  assert resolve(64) == 'im2col_grad'  # <= 64 input channels
+  assert resolve(512, spatial=49) == 'im2col_grad'
+  assert resolve(3) == 'im2col'  # 3x3 stems
+  assert resolve(3, kernel_size=49) == 'im2col_grad'  # 7x7 stems
+  assert resolve(128, kernel_size=9, spatial=64) == 'xla'
 
 
 def test_split_factor_merges_groups_to_about_16_channels():

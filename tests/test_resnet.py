@@ -161,15 +161,32 @@ def test_max_pool_ceil_mode_matches_hand_computed_windows():
   np.testing.assert_array_equal(padded, [[7, 9, 11], [19, 21, 23], [31, 33, 35]])
 
 
-def test_max_pool_values_and_gradient_match_reduce_window():
-  x = jax.random.normal(jax.random.key(0), (2, 9, 10, 3))
-  pads = ((1, 1), (1, 1))
-  ours = lambda x: layers.max_pool(x, 3, 2, pads)
-  ref = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=pads)
+@pytest.mark.parametrize('window, stride, pads, size', [
+    (3, 2, ((1, 1), (1, 1)), (9, 10)),   # torchvision stem
+    (3, 2, ((0, 1), (0, 0)), (8, 7)),    # Caffe ceil mode: extra bottom row only
+    (3, 1, ((1, 1), (1, 1)), (6, 6)),    # BN-Inception pool tower
+    (2, 2, ((0, 0), (0, 0)), (8, 6)),    # VGG
+])
+def test_max_pool_values_and_gradient_match_reduce_window(window, stride, pads, size):
+  x = jax.random.normal(jax.random.key(0), (2, *size, 3))
+  ours = jax.jit(lambda x: layers.max_pool(x, window, stride, pads))
+  ref = lambda x: nn.max_pool(x, (window, window), (stride, stride), padding=pads)
   np.testing.assert_array_equal(ours(x), ref(x))
   probe = jax.random.normal(jax.random.key(1), ref(x).shape)
-  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * probe))(x)
+  grad = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(f(x) * probe)))(x)
   np.testing.assert_allclose(grad(ours), grad(ref), atol=1e-6)  # no ties in random data
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_on_ties():
+  x = jnp.ones((1, 4, 4, 1))
+  dx = jax.grad(lambda x: layers.max_pool(x, 2, 2, ((0, 0), (0, 0))).sum())(x)[0, :, :, 0]
+  np.testing.assert_array_equal(dx, [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
+  # overlapping 3x3 / 2 windows with padding 1 on a constant map: each window's first real
+  # (non-padding) position wins: rows/cols 0, 1, 3 of a 5x5 map get 1, 1 and 1 windows
+  x = jnp.ones((1, 5, 5, 1))
+  dx = jax.grad(lambda x: layers.max_pool(x, 3, 2, ((1, 1), (1, 1))).sum())(x)[0, :, :, 0]
+  line = np.array([1, 1, 0, 1, 0])
+  np.testing.assert_array_equal(dx, np.outer(line, line))
 
 
 def test_se_stages_select_where_gates_are_recorded():

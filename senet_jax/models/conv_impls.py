@@ -30,15 +30,15 @@ speed per backend:
 - 'im2col': dense kxk convs as k*k shifted slices concatenated on channels and one matmul
   (`channel_matmul`, so its weight gradient is one 2-D matmul too). On XLA:CPU, convs whose
   input is not larger than the kernel (a 3x3 conv on the 2x2 maps of the last ResNet stage at
-  64 px) leave the fast YNNPACK path for a generic one ~100x slower; 3x3 stems (3 input
-  channels) are also faster as one matmul with K = 27.
+  64 px) leave the fast convolution path for a generic one ~100x slower.
 - 'im2col_grad': XLA's conv forward and input gradient, the weight gradient as im2col's one
-  2-D matmul. XLA:CPU's weight gradient of kxk convs with <= 64 input channels or maps of
-  <= 7 px is what makes its fwd + bwd 1.3-2x slower than im2col there, while its forward
-  (all of inference) is as fast (`_im2col_grad_is_faster`, ResNet-50 / EfficientNet shapes).
+  2-D matmul. Only faster with YNNPACK convolutions (jaxlib's default), whose weight gradient
+  of kxk convs with <= 64 input channels or maps of <= 7 px is 1.3-2x slower than im2col's.
 
-'auto' picks per backend: on CPU 'matmul' for 1x1, 'im2col' / 'im2col_grad' for kxk where
-faster, 'shift' for depthwise and 'split' for other grouped convolutions, 'xla' elsewhere.
+'auto' picks per backend: on CPU 'matmul' for 1x1, 'shift' for depthwise, 'split' for other
+grouped convolutions, 'im2col' on maps no larger than the kernel, and for other dense kxk
+convs what is fastest on the CPU convolution engine in use (`_auto_dense_cpu`; Eigen once
+`senet_jax.utils.xla_flags.configure_xla_cpu()` ran: then plain 'xla'); 'xla' on GPU / TPU.
 """
 from __future__ import annotations
 
@@ -49,14 +49,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from senet_jax.utils.xla_flags import cpu_conv_engine
+
 IMPLS = ('auto', 'xla', 'shift', 'dense', 'split', 'matmul', 'im2col', 'im2col_grad')
 SPLIT_SLICE_CHANNELS = 16  # input channels per dense slice of 'split' (measured best on CPU)
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
 def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None = None,
-                 kernel_size: int = 3, spatial: int = 1 << 30) -> str:
-  """Returns the concrete formulation for `impl` ('auto' resolved on the current backend)."""
+                 kernel_size: int = 3, spatial: int = 1 << 30, engine: str | None = None) -> str:
+  """Returns the concrete formulation for `impl` ('auto' resolved on the current backend and,
+  on CPU, convolution `engine`: 'eigen' or 'ynn', by default the one XLA_FLAGS selects)."""
   if impl not in IMPLS:
     raise ValueError(f'conv_impl={impl!r} is not valid; allowed values: {list(IMPLS)}')
   on_cpu = (backend or jax.default_backend()) == 'cpu'
@@ -66,12 +69,7 @@ def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None =
     if impl in ('im2col', 'im2col_grad'):
       return impl
     if impl == 'auto' and on_cpu and kernel_size > 1:
-      # 3x3 stems (3 channels): one K=27 matmul beats XLA fwd and bwd; 7x7 stems do not
-      # (forward 52 vs 25 ms at 224x16) and take 'im2col_grad' below.
-      if spatial <= kernel_size or (in_channels <= 4 and kernel_size <= 9):
-        return 'im2col'
-      if _im2col_grad_is_faster(in_channels, spatial):
-        return 'im2col_grad'
+      return _auto_dense_cpu(in_channels, kernel_size, spatial, engine or cpu_conv_engine())
     return 'xla'
   depthwise = groups == in_channels
   if impl == 'auto':
@@ -86,6 +84,26 @@ def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None =
     raise ValueError(f"conv_impl='shift' needs a depthwise conv (groups == in_channels), got "
                      f'groups={groups} with {in_channels} input channels')
   return impl
+
+
+def _auto_dense_cpu(in_channels: int, kernel_size: int, spatial: int, engine: str) -> str:
+  """The fastest formulation of a dense kxk conv on XLA:CPU with convolution `engine`.
+
+  Both engines leave their fast path on maps no larger than the kernel (a 3x3 conv on the 2x2
+  maps of the last ResNet stage at 64 px: 500+ ms vs 5 ms as im2col). Elsewhere Eigen's
+  convolution beats every reformulation, forward and backward (ResNet-50 shapes, ms fwd /
+  fwd+bwd, XLA vs im2col_grad: 7x7 stem 20.8/54.5 vs 21.3/100, 56x56x64 13.7/50 vs 13.5/85,
+  28x28x128 12.2/41 vs 11.4/54). YNNPACK's convolutions are slower, and weight gradients
+  much slower, so with it more shapes go to im2col."""
+  if spatial <= kernel_size:
+    return 'im2col'
+  if engine == 'eigen':
+    return 'xla'
+  # YNNPACK: 3x3 stems (3 channels) are faster as one K=27 matmul; 7x7 stems are not
+  # (forward 52 vs 25 ms at 224x16) and take 'im2col_grad'.
+  if in_channels <= 4 and kernel_size <= 9:
+    return 'im2col'
+  return 'im2col_grad' if _im2col_grad_is_faster(in_channels, spatial) else 'xla'
 
 
 def _im2col_grad_is_faster(in_channels: int, spatial: int) -> bool:
