@@ -119,6 +119,19 @@ def _pads(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: int, pad
   return [tuple(p) for p in padding]
 
 
+def strided_taps(xp, kh: int, kw: int, strides: int):
+  """Yields (i, j, tap): for each kernel offset, the strided slice of the padded input `xp`
+  that offset sees at every output position (N, Ho, Wo, C)."""
+  out_h = (xp.shape[1] - kh) // strides + 1
+  out_w = (xp.shape[2] - kw) // strides + 1
+  for i in range(kh):
+    for j in range(kw):
+      yield i, j, lax.slice(
+          xp, (0, i, j, 0),
+          (xp.shape[0], i + (out_h - 1) * strides + 1, j + (out_w - 1) * strides + 1,
+           xp.shape[3]), (1, strides, strides, 1))
+
+
 def conv_xla(x, kernel, strides: int, padding: Any, groups: int):
   """The reference formulation: `lax.conv_general_dilated` with feature groups."""
   return lax.conv_general_dilated(
@@ -134,17 +147,10 @@ def conv_shift(x, kernel, strides: int, padding: Any):
     x = jnp.repeat(x, out // channels, axis=-1)
   (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, strides, padding)
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  out_h = (xp.shape[1] - kh) // strides + 1
-  out_w = (xp.shape[2] - kw) // strides + 1
   y = None
-  for i in range(kh):
-    for j in range(kw):
-      patch = lax.slice(
-          xp, (0, i, j, 0),
-          (xp.shape[0], i + (out_h - 1) * strides + 1, j + (out_w - 1) * strides + 1, out),
-          (1, strides, strides, 1))
-      term = patch * kernel[i, j, 0]
-      y = term if y is None else y + term
+  for i, j, patch in strided_taps(xp, kh, kw, strides):
+    term = patch * kernel[i, j, 0]
+    y = term if y is None else y + term
   return y
 
 
@@ -220,15 +226,10 @@ def conv_im2col(x, kernel, strides: int, padding: Any):
 
 def _im2col_columns(x, kernel_shape, strides: int, padding: Any):
   """(N, Ho, Wo, kh*kw*Cin): the input patch of every output position, tap-major."""
-  kh, kw, cin, _ = kernel_shape
+  kh, kw, _, _ = kernel_shape
   (pt, pb), (pl, pr) = _pads(x.shape, kernel_shape, strides, padding)
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  out_h = (xp.shape[1] - kh) // strides + 1
-  out_w = (xp.shape[2] - kw) // strides + 1
-  return jnp.concatenate(
-      [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + (out_h - 1) * strides + 1,
-                                    j + (out_w - 1) * strides + 1, cin), (1, strides, strides, 1))
-       for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.concatenate([tap for _, _, tap in strided_taps(xp, kh, kw, strides)], axis=-1)
 
 
 def conv_im2col_grad(x, kernel, strides: int, padding: Any):

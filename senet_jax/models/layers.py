@@ -9,7 +9,6 @@ reformulated; on GPU/TPU `feature_group_count` is used.
 from __future__ import annotations
 
 import functools
-
 import math
 from typing import Any, Callable, Sequence
 
@@ -206,22 +205,11 @@ def max_pool(x: Array, window: int, stride: int, pads) -> Array:
   return _max_pool(x, window, stride, pads, tuple(x.shape[1:3]))
 
 
-def _pool_taps(xp: Array, window: int, stride: int):
-  out_h = (xp.shape[1] - window) // stride + 1
-  out_w = (xp.shape[2] - window) // stride + 1
-  for i in range(window):
-    for j in range(window):
-      yield i, j, jax.lax.slice(
-          xp, (0, i, j, 0),
-          (xp.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, xp.shape[3]),
-          (1, stride, stride, 1))
-
-
 def _max_pool_fwd(x, window, stride, pads, in_hw):
   (pt, pb), (pl, pr) = pads
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-jnp.inf)
   out, winner = None, None
-  for i, j, tap in _pool_taps(xp, window, stride):
+  for i, j, tap in conv_impls.strided_taps(xp, window, window, stride):
     if out is None:
       out, winner = tap, jnp.zeros(tap.shape, jnp.uint8)
     else:
