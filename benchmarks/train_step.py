@@ -21,6 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import roofline  # noqa: E402  (beside this file)
 
 # senet_jax name -> (timm name, senet_jax overrides) with the same architecture and layout.
 TIMM_NAMES = {
@@ -76,7 +77,7 @@ def _time_rounds(fn, iters):
 
 
 def jax_runner(name, overrides, res, batch, train, dtype, conv_impl):
-  """Returns (step_fn, compile_seconds) for senet_jax."""
+  """Returns (step_fn, compile_seconds, XLA cost estimate) for senet_jax."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -103,7 +104,8 @@ def jax_runner(name, overrides, res, batch, train, dtype, conv_impl):
     args = [variables['params'], variables['batch_stats'], opt.init(variables['params']), x, y,
             jax.random.key(1)]
     t0 = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*args).compile()
+    lowered = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*args)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     state = {'args': args}
 
@@ -114,12 +116,13 @@ def jax_runner(name, overrides, res, batch, train, dtype, conv_impl):
   else:
     fwd = lambda v, x: model.apply(v, x, train=False)
     t0 = time.perf_counter()
-    compiled = jax.jit(fwd).lower(variables, x).compile()
+    lowered = jax.jit(fwd).lower(variables, x)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
 
     def run():
       compiled(variables, x).block_until_ready()
-  return run, compile_s
+  return run, compile_s, roofline.step_cost(lowered, compiled)
 
 
 def torch_runner(timm_name, res, batch, train, on_gpu, compile_model):
@@ -170,7 +173,7 @@ def peak_memory_gb(on_gpu):
 
 def bench_one(args, name, res, batch, train, on_gpu, dtype):
   timm_name, overrides = TIMM_NAMES[name]
-  run_jax, compile_s = jax_runner(name, overrides, res, batch, train, dtype, args.conv_impl)
+  run_jax, compile_s, cost = jax_runner(name, overrides, res, batch, train, dtype, args.conv_impl)
   runners = {'senet_jax': run_jax}
   if not args.no_torch:
     runners['timm'] = torch_runner(timm_name, res, batch, train, on_gpu, False)
@@ -189,6 +192,7 @@ def bench_one(args, name, res, batch, train, on_gpu, dtype):
   ips = {k: batch * args.iters / statistics.median(v) for k, v in times.items()}
   row = {'model': name, 'timm_model': timm_name, 'mode': 'train' if train else 'infer',
          'resolution': res, 'batch': batch, 'dtype': dtype, 'jax_compile_s': compile_s,
+         'jax_gflop': cost['gflop'], 'jax_gbytes': cost['gbytes'],
          **{f'{k}_img_s': v for k, v in ips.items()}}
   for k in runners:
     if k != 'senet_jax':
@@ -202,8 +206,14 @@ def main(argv=None):
   from senet_jax.utils import allocator, xla_flags
   allocator.reexec_with_jemalloc()  # both frameworks then run on jemalloc, as main.py does
   xla_flags.configure_xla_cpu()  # and XLA with the CPU convolution flags main.py sets
+  # Both frameworks share the GPU: JAX must not take 75% of it up front.
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   import jax
   on_gpu = jax.default_backend() == 'gpu'
+  ceilings = roofline.measure_ceilings() if on_gpu and not args.in_process else None
+  if ceilings:
+    print(f"measured ceilings: bf16 matmul {ceilings['peak_bf16_tflops']:.0f} TFLOP/s, "
+          f"memory {ceilings['peak_tb_s']:.2f} TB/s (read + write)", flush=True)
   dtype = args.dtype if args.dtype != 'auto' else ('bfloat16' if on_gpu else 'float32')
   if not args.no_torch:
     import torch
@@ -219,6 +229,8 @@ def main(argv=None):
           gc.collect()  # free both frameworks' buffers before the next model
         else:
           row = run_isolated(args, name, shape, mode)
+        if ceilings:
+          row.update(roofline.achieved(row, ceilings))
         rows.append(row)
         print(format_row(row), flush=True)
   print('\n' + markdown_table(rows))
@@ -230,19 +242,31 @@ def main(argv=None):
 
 
 def format_row(row):
-  extra = ' '.join(f'{k}={v:.2f}' for k, v in row.items() if k.startswith('ratio'))
+  extra = ' '.join(f'{k}={v:.2f}' for k, v in row.items() if k.startswith(('ratio', 'frac')))
   return (f"{row['model']:>22} {row['mode']:5} {row['resolution']}x{row['batch']:<3} "
           f"senet_jax {row['senet_jax_img_s']:8.1f} img/s  timm {row.get('timm_img_s', 0):8.1f}"
           f"  {extra}  compile {row['jax_compile_s']:.1f}s")
 
 
 def markdown_table(rows):
-  lines = ['| model | mode | res x batch | senet_jax img/s | timm img/s | ratio | compile (s) |',
-           '|---|---|---|---|---|---|---|']
+  """The README table; torch.compile and roofline columns appear when some row has them."""
+  compiled = any('ratio_vs_timm_compile' in r for r in rows)
+  roof = any('frac_hbm' in r for r in rows)
+  head = ['model', 'mode', 'res x batch', 'senet_jax img/s', 'timm img/s', 'ratio']
+  head += ['timm+compile img/s', 'ratio'] * compiled
+  head += ['TFLOP/s (of peak)', 'TB/s (of peak)'] * roof + ['compile (s)']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  nan = float('nan')
   for r in rows:
-    lines.append(f"| {r['model']} ({r['timm_model']}) | {r['mode']} | {r['resolution']}x"
-                 f"{r['batch']} | {r['senet_jax_img_s']:.1f} | {r.get('timm_img_s', 0):.1f} | "
-                 f"{r.get('ratio_vs_timm', float('nan')):.2f} | {r['jax_compile_s']:.1f} |")
+    cells = [f"{r['model']} ({r['timm_model']})", r['mode'], f"{r['resolution']}x{r['batch']}",
+             f"{r['senet_jax_img_s']:.1f}", f"{r.get('timm_img_s', 0):.1f}",
+             f"{r.get('ratio_vs_timm', nan):.2f}"]
+    if compiled:
+      cells += [f"{r.get('timm_compile_img_s', nan):.1f}", f"{r.get('ratio_vs_timm_compile', nan):.2f}"]
+    if roof:
+      cells += [f"{r['jax_tflops']:.1f} ({r['frac_peak_flops']:.1%})",
+                f"{r['jax_tb_s']:.2f} ({r['frac_hbm']:.0%})"]
+    lines.append('| ' + ' | '.join(cells + [f"{r['jax_compile_s']:.1f}"]) + ' |')
   return '\n'.join(lines)
 
 
