@@ -1,7 +1,8 @@
 """Device ceilings and the fraction of them a compiled JAX step reaches.
 
-A step's work comes from XLA's own cost model: FLOPs from the lowered (pre-fusion) module, where
-every convolution and dot is still one op, and bytes from the compiled (fused) module, which is
+A step's arithmetic is the model FLOPs of the papers' convention (2 x the convolution and dense
+MACs that `senet_jax.analysis.complexity` counts, x3 for a training step: the backward pass does
+twice the forward's work); its bytes are XLA's estimate for the compiled (fused) module, which is
 what the step reads and writes in device memory. The ceilings are measured on the device, as
 METHOD-style roofline work asks, not read off a datasheet: a large bf16 matrix product for the
 arithmetic rate, and a large elementwise pass (bytes read + bytes written) for the bandwidth.
@@ -19,9 +20,11 @@ def _cost(analysis) -> dict:
   return analysis or {}
 
 
-def step_cost(lowered, compiled) -> dict:
-  """{'gflop': ..., 'gbytes': ...} of one call of a jitted function (XLA's estimates)."""
-  flops = _cost(lowered.cost_analysis()).get('flops', float('nan'))
+def step_cost(model, resolution: int, batch: int, train: bool, compiled) -> dict:
+  """{'gflop': model FLOPs, 'gbytes': XLA's bytes accessed} of one step of `compiled`."""
+  from senet_jax.analysis import complexity
+  _, macs = complexity.count(model, resolution)
+  flops = 2 * macs * batch * (3 if train else 1)
   nbytes = _cost(compiled.cost_analysis()).get('bytes accessed', float('nan'))
   return {'gflop': flops / 1e9, 'gbytes': nbytes / 1e9}
 

@@ -104,8 +104,7 @@ def jax_runner(name, overrides, res, batch, train, dtype, conv_impl):
     args = [variables['params'], variables['batch_stats'], opt.init(variables['params']), x, y,
             jax.random.key(1)]
     t0 = time.perf_counter()
-    lowered = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*args)
-    compiled = lowered.compile()
+    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     state = {'args': args}
 
@@ -116,13 +115,12 @@ def jax_runner(name, overrides, res, batch, train, dtype, conv_impl):
   else:
     fwd = lambda v, x: model.apply(v, x, train=False)
     t0 = time.perf_counter()
-    lowered = jax.jit(fwd).lower(variables, x)
-    compiled = lowered.compile()
+    compiled = jax.jit(fwd).lower(variables, x).compile()
     compile_s = time.perf_counter() - t0
 
     def run():
       compiled(variables, x).block_until_ready()
-  return run, compile_s, roofline.step_cost(lowered, compiled)
+  return run, compile_s, roofline.step_cost(model, res, batch, train, compiled)
 
 
 def torch_runner(timm_name, res, batch, train, on_gpu, compile_model):
