@@ -1,0 +1,55 @@
+"""The benchmark's roofline arithmetic and report table (benchmarks/roofline.py, train_step.py)."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
+import roofline  # noqa: E402
+import train_step  # noqa: E402
+
+
+def _row(**extra):
+  return {'model': 'efficientnet_b0', 'timm_model': 'tf_efficientnet_b0', 'mode': 'train',
+          'resolution': 224, 'batch': 256, 'senet_jax_img_s': 512.0, 'timm_img_s': 256.0,
+          'ratio_vs_timm': 2.0, 'jax_compile_s': 3.0, 'jax_gflop': 100.0, 'jax_gbytes': 50.0,
+          **extra}
+
+
+def test_achieved_fractions_by_hand():
+  # 512 img/s at batch 256 is 2 steps/s: 200 GFLOP/s and 100 GB/s.
+  out = roofline.achieved(_row(), {'peak_bf16_tflops': 1.0, 'peak_tb_s': 0.5})
+  assert out['jax_tflops'] == pytest.approx(0.2)
+  assert out['jax_tb_s'] == pytest.approx(0.1)
+  assert out['frac_peak_flops'] == pytest.approx(0.2)
+  assert out['frac_hbm'] == pytest.approx(0.2)
+
+
+def test_cost_accepts_both_jax_return_types():
+  assert roofline._cost([{'flops': 1.0}]) == {'flops': 1.0}
+  assert roofline._cost({'flops': 2.0}) == {'flops': 2.0}
+  assert roofline._cost([]) == {} and roofline._cost(None) == {}
+
+
+def test_step_cost_counts_three_forward_passes_for_training():
+  from senet_jax.analysis import complexity
+  from senet_jax.models import create_model
+  import jax
+  import jax.numpy as jnp
+  model = create_model('resnet18', num_classes=10)
+  compiled = jax.jit(lambda x: x * 2).lower(jnp.ones((4, 8), jnp.float32)).compile()
+  _, macs = complexity.count(model, 32)
+  train = roofline.step_cost(model, 32, batch=4, train=True, compiled=compiled)
+  infer = roofline.step_cost(model, 32, batch=4, train=False, compiled=compiled)
+  assert train['gflop'] == pytest.approx(3 * infer['gflop']) == pytest.approx(24 * macs / 1e9)
+  assert infer['gbytes'] == pytest.approx(2 * 4 * 8 * 4 / 1e9)  # read + write of 4x8 float32
+
+
+def test_table_columns_follow_the_rows():
+  plain = train_step.markdown_table([_row()])
+  assert 'timm+compile' not in plain and 'TFLOP/s' not in plain
+  full = _row(timm_compile_img_s=400.0, ratio_vs_timm_compile=1.28)
+  full.update(roofline.achieved(full, {'peak_bf16_tflops': 1.0, 'peak_tb_s': 0.5}))
+  header, _, line = train_step.markdown_table([full]).splitlines()
+  assert header.count('|') == line.count('|')
+  assert '| 400.0 | 1.28 |' in line and '0.2 (20.0%)' in line and '0.10 (20%)' in line
