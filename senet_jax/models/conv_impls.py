@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from senet_jax import kernels
 from senet_jax.utils.xla_flags import cpu_conv_engine
 
 IMPLS = ('auto', 'xla', 'shift', 'dense', 'split', 'matmul', 'im2col', 'im2col_grad')
@@ -140,18 +141,52 @@ def conv_xla(x, kernel, strides: int, padding: Any, groups: int):
 
 
 def conv_shift(x, kernel, strides: int, padding: Any):
-  """Depthwise conv as k*k shifted strided slices times per-channel weights."""
+  """Depthwise conv as k*k shifted strided slices times per-channel weights. On CPU, in float32
+  on one device, its weight gradient comes from the hand-written kernel in `senet_jax.kernels`
+  (XLA copies a shifted slice of the activations per tap there: 10-20x slower)."""
+  pads = tuple(tuple(p) for p in _pads(x.shape, kernel.shape, strides, padding))
+  if _use_depthwise_kernel(x, kernel):
+    return _conv_shift_kernel_grad(x, kernel, strides, pads)
+  return _conv_shift(x, kernel, strides, pads)
+
+
+def _conv_shift(x, kernel, strides: int, pads):
   kh, kw, _, out = kernel.shape
   channels = x.shape[-1]
   if out != channels:  # depth multiplier > 1: repeat input channels like TF/XLA group order.
     x = jnp.repeat(x, out // channels, axis=-1)
-  (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, strides, padding)
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   y = None
   for i, j, patch in strided_taps(xp, kh, kw, strides):
     term = patch * kernel[i, j, 0]
     y = term if y is None else y + term
   return y
+
+
+def _use_depthwise_kernel(x, kernel) -> bool:
+  # Sharded over several devices the custom call would be replicated: keep XLA's version there.
+  return (x.dtype == kernel.dtype == jnp.float32 and kernel.shape[2:] == (1, x.shape[-1])
+          and jax.default_backend() == 'cpu' and jax.device_count() == 1
+          and kernels.available())
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_shift_kernel_grad(x, kernel, strides, pads):
+  return _conv_shift(x, kernel, strides, pads)
+
+
+def _conv_shift_kernel_grad_fwd(x, kernel, strides, pads):
+  return _conv_shift(x, kernel, strides, pads), (x, kernel)
+
+
+def _conv_shift_kernel_grad_bwd(strides, pads, residuals, dy):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x: _conv_shift(x, kernel, strides, pads), x)
+  dw = kernels.depthwise_weight_grad(x, dy, kernel.shape[:2], strides, pads)
+  return input_vjp(dy)[0], dw[:, :, None, :].astype(kernel.dtype)
+
+
+_conv_shift_kernel_grad.defvjp(_conv_shift_kernel_grad_fwd, _conv_shift_kernel_grad_bwd)
 
 
 def block_diagonal_kernel(kernel, groups: int):

@@ -1,0 +1,128 @@
+// Weight gradient of a depthwise 2-D convolution (NHWC input, one filter per channel) on CPU,
+// as an XLA FFI custom call.
+//
+//   dw[i, j, c] = sum_{n, ho, wo} x[n, ho*s - pad_top + i, wo*s - pad_left + j, c] * g[n, ho, wo, c]
+//
+// (taps that fall into the padding contribute nothing). XLA:CPU computes this as k*k reductions,
+// each over a shifted slice of x that it first copies, so it reads the activations 2*k*k times;
+// this kernel reads them once. Work is split into a fixed number of row chunks with one partial
+// sum each, added in chunk order, so results do not depend on thread count or scheduling.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kChunks = 8;  // fixed, so the summation order never changes
+
+struct Shape {
+  int64_t n, h, w, c, ho, wo, kh, kw, stride, pad_top, pad_left;
+};
+
+// One output row (n, ho): acc[i, j, :] += x[n, hi, wi, :] * g[n, ho, wo, :] over wo.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void AccumulateRow(const Shape& s, const float* __restrict x, const float* __restrict g,
+                   float* __restrict acc, int64_t n, int64_t ho) {
+  const int64_t c = s.c;
+  for (int64_t i = 0; i < s.kh; ++i) {
+    const int64_t hi = ho * s.stride - s.pad_top + i;
+    if (hi < 0 || hi >= s.h) continue;
+    const float* x_row = x + (n * s.h + hi) * s.w * c;
+    for (int64_t wo = 0; wo < s.wo; ++wo) {
+      const float* g_px = g + ((n * s.ho + ho) * s.wo + wo) * c;
+      for (int64_t j = 0; j < s.kw; ++j) {
+        const int64_t wi = wo * s.stride - s.pad_left + j;
+        if (wi < 0 || wi >= s.w) continue;
+        const float* x_px = x_row + wi * c;
+        float* a = acc + (i * s.kw + j) * c;
+        for (int64_t k = 0; k < c; ++k) a[k] += x_px[k] * g_px[k];
+      }
+    }
+  }
+}
+
+// Runs fn(0..total-1) on the calling thread and the XLA intra-op pool. The caller only waits
+// for chunks another thread has started, so it cannot deadlock on a busy pool; tasks that start
+// after all chunks are taken return at once (the shared state outlives the call).
+struct ChunkQueue {
+  std::atomic<int64_t> next{0}, done{0};
+  int64_t total = 0;
+  std::function<void(int64_t)> fn;
+  std::mutex mu;
+  std::condition_variable cv;
+
+  void Drain() {
+    for (int64_t i; (i = next.fetch_add(1)) < total;) {
+      fn(i);
+      if (done.fetch_add(1) + 1 == total) {
+        std::lock_guard<std::mutex> lock(mu);
+        cv.notify_all();
+      }
+    }
+  }
+};
+
+void ParallelFor(ffi::ThreadPool& pool, int64_t total, std::function<void(int64_t)> fn) {
+  auto queue = std::make_shared<ChunkQueue>();
+  queue->total = total;
+  queue->fn = std::move(fn);
+  // The calling thread is usually one of the pool's own, so it counts as one worker.
+  const int64_t helpers = std::max<int64_t>(0, std::min(pool.num_threads() - 1, total - 1));
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([queue] { queue->Drain(); });
+  queue->Drain();
+  std::unique_lock<std::mutex> lock(queue->mu);
+  queue->cv.wait(lock, [&] { return queue->done.load() == total; });
+}
+
+ffi::Error DepthwiseWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                               ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw,
+                               int64_t stride, int64_t pad_top, int64_t pad_left) {
+  const auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 3 || xd[0] != gd[0] ||
+      xd[3] != gd[3] || wd[2] != xd[3] || stride < 1) {
+    return ffi::Error::InvalidArgument(
+        "senet_depthwise_weight_grad: expected x (N,H,W,C), g (N,Ho,Wo,C), dw (KH,KW,C)");
+  }
+  const Shape s{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], wd[0], wd[1], stride, pad_top,
+                pad_left};
+  const int64_t rows = s.n * s.ho, taps = s.kh * s.kw * s.c;
+  std::vector<float> partial(kChunks * taps, 0.0f);
+  const float* xp = x.typed_data();
+  const float* gp = g.typed_data();
+  ParallelFor(pool, kChunks, [&](int64_t chunk) {
+    float* acc = partial.data() + chunk * taps;
+    for (int64_t r = rows * chunk / kChunks; r < rows * (chunk + 1) / kChunks; ++r) {
+      AccumulateRow(s, xp, gp, acc, r / s.ho, r % s.ho);
+    }
+  });
+  float* out = dw->typed_data();
+  std::copy(partial.begin(), partial.begin() + taps, out);
+  for (int64_t chunk = 1; chunk < kChunks; ++chunk) {
+    const float* p = partial.data() + chunk * taps;
+    for (int64_t k = 0; k < taps; ++k) out[k] += p[k];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SenetDepthwiseWeightGrad, DepthwiseWeightGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
