@@ -26,7 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = os.path.join(os.path.dirname(__file__), 'depthwise_cpu.cc')
+HERE = os.path.dirname(__file__)
+SOURCES = ('depthwise_cpu.cc',)
+HEADERS = ('parallel.h',)
+# FFI target name -> handler symbol in the library.
+TARGETS = {'senet_depthwise_weight_grad': 'SenetDepthwiseWeightGrad'}
 TARGET = 'senet_depthwise_weight_grad'
 CXXFLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC', '-fno-math-errno')
 
@@ -36,17 +40,20 @@ def _compiler() -> str | None:
 
 
 def _build_command(compiler: str, output: str) -> list[str]:
-  return [compiler, *CXXFLAGS, f'-I{jax.ffi.include_dir()}', SOURCE, '-o', output]
+  return [compiler, *CXXFLAGS, f'-I{jax.ffi.include_dir()}', f'-I{HERE}',
+          *(os.path.join(HERE, s) for s in SOURCES), '-o', output]
 
 
 def _cache_path(compiler: str) -> str:
   import jaxlib
-  with open(SOURCE, 'rb') as f:
-    key = hashlib.sha256(f.read())
+  key = hashlib.sha256()
+  for name in SOURCES + HEADERS:
+    with open(os.path.join(HERE, name), 'rb') as f:
+      key.update(f.read())
   key.update(' '.join(_build_command(compiler, '')).encode() + jaxlib.__version__.encode())
   cache = os.environ.get('SENET_KERNEL_CACHE',
                          os.path.join(os.path.expanduser('~'), '.cache', 'senet_jax', 'kernels'))
-  return os.path.join(cache, f'depthwise_cpu-{key.hexdigest()[:16]}.so')
+  return os.path.join(cache, f'senet_cpu_kernels-{key.hexdigest()[:16]}.so')
 
 
 def build() -> str:
@@ -62,7 +69,7 @@ def build() -> str:
     try:
       result = subprocess.run(_build_command(compiler, tmp), capture_output=True, text=True)
       if result.returncode:
-        raise RuntimeError(f'compiling {SOURCE} failed:\n{result.stderr[-2000:]}')
+        raise RuntimeError(f'compiling {", ".join(SOURCES)} failed:\n{result.stderr[-2000:]}')
       os.replace(tmp, path)  # atomic: other processes see no library or a whole one
     finally:
       if os.path.exists(tmp):
@@ -77,8 +84,9 @@ def available() -> bool:
     return False
   try:
     library = ctypes.cdll.LoadLibrary(build())
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.SenetDepthwiseWeightGrad),
-                                platform='cpu')
+    for target, symbol in TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                  platform='cpu')
   except (OSError, RuntimeError, AttributeError) as err:
     logging.warning('senet_jax CPU kernels unavailable, using XLA formulations: %s', err)
     return False
@@ -94,3 +102,4 @@ def depthwise_weight_grad(x, dy, kernel_hw: tuple[int, int], strides: int,
   call = jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')
   return call(x.astype(jnp.float32), dy.astype(jnp.float32), stride=np.int64(strides),
               pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
+

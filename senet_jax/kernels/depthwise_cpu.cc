@@ -8,14 +8,10 @@
 // this kernel reads them once. Work is split into a fixed number of row chunks with one partial
 // sum each, added in chunk order, so results do not depend on thread count or scheduling.
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -52,39 +48,6 @@ void AccumulateRow(const Shape& s, const float* __restrict x, const float* __res
   }
 }
 
-// Runs fn(0..total-1) on the calling thread and the XLA intra-op pool. The caller only waits
-// for chunks another thread has started, so it cannot deadlock on a busy pool; tasks that start
-// after all chunks are taken return at once (the shared state outlives the call).
-struct ChunkQueue {
-  std::atomic<int64_t> next{0}, done{0};
-  int64_t total = 0;
-  std::function<void(int64_t)> fn;
-  std::mutex mu;
-  std::condition_variable cv;
-
-  void Drain() {
-    for (int64_t i; (i = next.fetch_add(1)) < total;) {
-      fn(i);
-      if (done.fetch_add(1) + 1 == total) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
-};
-
-void ParallelFor(ffi::ThreadPool& pool, int64_t total, std::function<void(int64_t)> fn) {
-  auto queue = std::make_shared<ChunkQueue>();
-  queue->total = total;
-  queue->fn = std::move(fn);
-  // The calling thread is usually one of the pool's own, so it counts as one worker.
-  const int64_t helpers = std::max<int64_t>(0, std::min(pool.num_threads() - 1, total - 1));
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([queue] { queue->Drain(); });
-  queue->Drain();
-  std::unique_lock<std::mutex> lock(queue->mu);
-  queue->cv.wait(lock, [&] { return queue->done.load() == total; });
-}
-
 ffi::Error DepthwiseWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw,
                                int64_t stride, int64_t pad_top, int64_t pad_left) {
@@ -100,7 +63,7 @@ ffi::Error DepthwiseWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   std::vector<float> partial(kChunks * taps, 0.0f);
   const float* xp = x.typed_data();
   const float* gp = g.typed_data();
-  ParallelFor(pool, kChunks, [&](int64_t chunk) {
+  senet::ParallelFor(pool, kChunks, [&](int64_t chunk) {
     float* acc = partial.data() + chunk * taps;
     for (int64_t r = rows * chunk / kChunks; r < rows * (chunk + 1) / kChunks; ++r) {
       AccumulateRow(s, xp, gp, acc, r / s.ho, r % s.ho);
