@@ -8,7 +8,9 @@ speed per backend:
   On XLA:CPU grouped/depthwise convolutions and especially their gradients are 10-100x slower
   than dense ones (jax-ml/jax#23713, #13800).
 - 'shift': depthwise only, a sum of k*k shifted, strided slices times a per-channel weight.
-  Elementwise work that XLA:CPU fuses well, forward and backward.
+  Elementwise work that XLA:CPU fuses well, forward and input gradient. Its weight gradient
+  (k*k reductions over shifted slices, which XLA:CPU copies first) comes from the C++ kernel
+  in `senet_jax.kernels` when that is built, in float32 on one CPU device.
 - 'dense': grouped only, the grouped kernel scattered into a block-diagonal dense kernel and one
   dense convolution. It does `groups` times the arithmetic, but XLA:CPU's dense convolution
   (oneDNN) is so much faster than its grouped one that this wins for ResNeXt widths.
