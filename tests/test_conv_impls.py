@@ -17,6 +17,13 @@ CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, 
     ('split', 128, 128, 32, 3, 1, ((1, 1), (1, 1)), 5),  # 32x4d: 8 slices of 4 groups
     ('split', 64, 128, 4, 3, 2, 'SAME', 6),    # 16 channels per group: 4 dense slices
     ('split', 96, 48, 6, 3, 1, ((1, 1), (1, 1)), 4),   # 16 per group: 6 separate dense convs
+    ('direct', 128, 128, 32, 3, 1, ((1, 1), (1, 1)), 5),  # 32x4d: C++ kernels, 2 channel tiles
+    ('direct', 48, 96, 4, 3, 1, 'SAME', 6),    # 12 in / 24 out per group, a partial tile
+    ('direct', 64, 64, 16, 3, 1, ((0, 2), (2, 0)), 5),  # asymmetric padding
+    ('direct', 64, 128, 8, 5, 1, 'VALID', 7),
+    ('direct', 64, 64, 4, 3, 1, ((1, 1), (1, 1)), 9),  # 16 out per group: broadcast form
+    ('direct', 24, 256, 8, 3, 1, 'SAME', 5),   # 3 in / 32 out per group, broadcast form
+    ('direct', 64, 64, 16, 3, 2, 'SAME', 6),   # strided: falls back to 'split'
     ('matmul', 8, 16, 1, 1, 1, 'SAME', 7),    # 1x1 as a channel contraction
     ('matmul', 8, 16, 1, 1, 2, ((0, 0), (0, 0)), 8),  # strided 1x1 (ResNet projections)
     ('matmul', 8, 16, 1, 1, 2, 'SAME', 7),
@@ -48,7 +55,10 @@ def test_auto_resolves_per_backend():
   resolve = conv_impls.resolve_impl
   for engine in ('eigen', 'ynn'):
     assert resolve('auto', 32, 32, backend='cpu', engine=engine) == 'shift'
-    assert resolve('auto', 32, 128, backend='cpu', engine=engine) == 'split'
+    assert resolve('auto', 32, 128, backend='cpu', engine=engine) == 'direct'  # 4 per group
+    assert resolve('auto', 32, 256, backend='cpu', engine=engine) == 'direct'  # 8 per group
+    assert resolve('auto', 32, 512, backend='cpu', engine=engine) == 'direct'  # 16 per group
+    assert resolve('auto', 4, 48, backend='cpu', engine=engine) == 'split'     # 12 per group
     assert resolve('auto', 1, 128, backend='cpu', kernel_size=1, engine=engine) == 'matmul'
     # maps no larger than the kernel leave both engines' fast path
     assert resolve('auto', 1, 128, backend='cpu', kernel_size=9, spatial=4,
@@ -91,6 +101,8 @@ def test_shift_rejects_non_depthwise_and_unknown_impl():
     conv_impls.resolve_impl('shift', 4, 16)
   with pytest.raises(ValueError, match='conv_impl'):
     conv_impls.resolve_impl('winograd', 4, 16)
+  with pytest.raises(ValueError, match="'direct' is for grouped"):
+    conv_impls.resolve_impl('direct', 16, 16)
 
 
 def test_channel_matmul_gradients_in_bfloat16_keep_dtype_and_match_float32():

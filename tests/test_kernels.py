@@ -69,3 +69,17 @@ def test_failed_build_raises_and_leaves_no_library(tmp_path, monkeypatch):
   with pytest.raises(RuntimeError, match='depthwise_cpu.cc'):
     kernels.build()
   assert not [f for f in os.listdir(tmp_path) if f.endswith('.so')]
+
+
+@needs_kernels
+def test_direct_grouped_conv_runs_the_kernels_at_stride_one_only():
+  x = jnp.ones((2, 8, 8, 32))
+  w = jnp.ones((3, 3, 4, 32))
+
+  def hlo(strides):
+    loss = lambda x, w: conv_impls.conv(x, w, strides, 'SAME', 8, 'direct').sum()
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, w).as_text()
+  text = hlo(1)
+  assert text.count('senet_grouped_conv_forward') == 2  # forward and input gradient
+  assert 'senet_grouped_conv_weight_grad' in text
+  assert 'senet_grouped_conv' not in hlo(2)

@@ -27,10 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 HERE = os.path.dirname(__file__)
-SOURCES = ('depthwise_cpu.cc',)
+SOURCES = ('depthwise_cpu.cc', 'grouped_cpu.cc')
 HEADERS = ('parallel.h',)
 # FFI target name -> handler symbol in the library.
-TARGETS = {'senet_depthwise_weight_grad': 'SenetDepthwiseWeightGrad'}
+TARGETS = {'senet_depthwise_weight_grad': 'SenetDepthwiseWeightGrad',
+           'senet_grouped_conv_forward': 'SenetGroupedConvForward',
+           'senet_grouped_conv_weight_grad': 'SenetGroupedConvWeightGrad'}
 TARGET = 'senet_depthwise_weight_grad'
 CXXFLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC', '-fno-math-errno')
 
@@ -103,3 +105,24 @@ def depthwise_weight_grad(x, dy, kernel_hw: tuple[int, int], strides: int,
   return call(x.astype(jnp.float32), dy.astype(jnp.float32), stride=np.int64(strides),
               pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
 
+
+
+def grouped_conv_forward(x, kernel, pads):
+  """Stride-1 grouped conv, float32: x (N, H, W, Cin), kernel (KH, KW, Cin / G, Cout),
+  explicit `pads` ((top, bottom), (left, right))."""
+  (pt, pb), (pl, pr) = pads
+  kh, kw, _, cout = kernel.shape
+  out = jax.ShapeDtypeStruct(
+      (x.shape[0], x.shape[1] + pt + pb - kh + 1, x.shape[2] + pl + pr - kw + 1, cout),
+      jnp.float32)
+  call = jax.ffi.ffi_call('senet_grouped_conv_forward', out, vmap_method='sequential')
+  return call(x.astype(jnp.float32), kernel.astype(jnp.float32), pad_top=np.int64(pt),
+              pad_left=np.int64(pl))
+
+
+def grouped_conv_weight_grad(x, dy, kernel_shape, pads):
+  """Weight gradient of `grouped_conv_forward` for output gradient `dy`."""
+  out = jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32)
+  call = jax.ffi.ffi_call('senet_grouped_conv_weight_grad', out, vmap_method='sequential')
+  return call(x.astype(jnp.float32), dy.astype(jnp.float32), pad_top=np.int64(pads[0][0]),
+              pad_left=np.int64(pads[1][0]))
