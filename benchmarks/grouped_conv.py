@@ -66,7 +66,7 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--shapes', default=SHAPES, help='NxHxWxC, comma separated')
   p.add_argument('--groups', type=int, default=32)
-  p.add_argument('--impls', default='split,dense,xla')
+  p.add_argument('--impls', default='direct,split,dense,xla')
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--threads', type=int, default=os.cpu_count())
   args = p.parse_args(argv)

@@ -23,6 +23,8 @@ CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, 
     ('direct', 64, 128, 8, 5, 1, 'VALID', 7),
     ('direct', 64, 64, 4, 3, 1, ((1, 1), (1, 1)), 9),  # 16 out per group: broadcast form
     ('direct', 24, 256, 8, 3, 1, 'SAME', 5),   # 3 in / 32 out per group, broadcast form
+    ('direct', 128, 128, 16, 3, 1, 'SAME', 6),  # 8 per group: broadcast with 8-wide vectors
+    ('direct', 256, 256, 16, 3, 1, 'SAME', 4),  # weight gradient split by groups (large kernel)
     ('direct', 64, 64, 16, 3, 2, 'SAME', 6),   # strided: falls back to 'split'
     ('matmul', 8, 16, 1, 1, 1, 'SAME', 7),    # 1x1 as a channel contraction
     ('matmul', 8, 16, 1, 1, 2, ((0, 0), (0, 0)), 8),  # strided 1x1 (ResNet projections)

@@ -22,6 +22,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t kChunks = 16;
+constexpr int64_t kMaxPartialFloats = 1 << 15;  // per chunk, for row-split weight gradients
 constexpr int64_t kPixels = 4;    // output pixels per register tile
 constexpr int64_t kLanes = 64;    // output channels per register tile
 
@@ -34,9 +35,10 @@ constexpr int64_t kLanes = 64;    // output channels per register tile
 struct Geometry {
   int64_t n, h, w, cin, ho, wo, cout, kh, kw, cin_g, cout_g, pad_top, pad_left;
   int64_t padded_w() const { return wo + kw - 1; }
-  // Groups of >= 16 output channels fill whole vectors: their kernels broadcast one input value
+  // Groups of a multiple of 8 output channels fill whole vectors: their kernels broadcast one input value
   // against a vector of weights and need no expanded rows.
-  bool broadcast() const { return cout_g % 16 == 0; }
+  bool broadcast() const { return cout_g % 8 == 0; }
+  int64_t lanes() const { return cout_g % 16 == 0 ? 16 : 8; }  // vector width of that form
   int64_t row_floats() const { return padded_w() * (broadcast() ? cin : cin_g * cout); }
 };
 
@@ -117,47 +119,70 @@ inline __attribute__((always_inline)) void ForwardTile(const Geometry& g, const 
   for (int64_t p = 0; p < P; ++p) std::copy(acc[p], acc[p] + lanes, out + (p0 + p) * g.cout + c0);
 }
 
-// 16 floats as one vector (two or four on AVX2 / SSE); unaligned loads and stores.
-typedef float Vec16 __attribute__((vector_size(64)));
-typedef float Vec16Unaligned __attribute__((vector_size(64), aligned(4)));
-inline Vec16 Load16(const float* p) { return *reinterpret_cast<const Vec16Unaligned*>(p); }
-inline void Store16(float* p, Vec16 v) { *reinterpret_cast<Vec16Unaligned*>(p) = v; }
+// N floats as one vector (split in two or four where the machine's vectors are shorter), with
+// unaligned loads and stores.
+template <int64_t N> struct Vec;
+template <> struct Vec<16> {
+  typedef float type __attribute__((vector_size(64)));
+  typedef float unaligned __attribute__((vector_size(64), aligned(4)));
+};
+template <> struct Vec<8> {
+  typedef float type __attribute__((vector_size(32)));
+  typedef float unaligned __attribute__((vector_size(32), aligned(4)));
+};
+template <int64_t N>
+inline typename Vec<N>::type Load(const float* p) {
+  return *reinterpret_cast<const typename Vec<N>::unaligned*>(p);
+}
+template <int64_t N>
+inline void Store(float* p, typename Vec<N>::type v) {
+  *reinterpret_cast<typename Vec<N>::unaligned*>(p) = v;
+}
 
-// Broadcast form: out[p, c0 .. c0 + 15] for P pixels inside one group (c0 = group * cout_g + o0).
-template <int64_t P>
+// Broadcast form: out[p, c0 .. c0 + N - 1] for P pixels inside one group
+// (c0 = group * cout_g + o0).
+template <int64_t P, int64_t N>
 inline __attribute__((always_inline)) void BroadcastTile(const Geometry& g,
                                                          const float* const* rows, const float* w,
                                                          float* out, int64_t p0, int64_t group,
                                                          int64_t c0) {
-  Vec16 acc[P] = {};
+  typename Vec<N>::type acc[P] = {};
   for (int64_t i = 0; i < g.kh; ++i) {
     if (rows[i] == nullptr) continue;
     for (int64_t j = 0; j < g.kw; ++j) {
       const float* xs = rows[i] + (p0 + j) * g.cin + group * g.cin_g;
       for (int64_t ci = 0; ci < g.cin_g; ++ci) {
-        const Vec16 wv = Load16(w + ((i * g.kw + j) * g.cin_g + ci) * g.cout + c0);
+        const auto wv = Load<N>(w + ((i * g.kw + j) * g.cin_g + ci) * g.cout + c0);
         for (int64_t p = 0; p < P; ++p) acc[p] += xs[p * g.cin + ci] * wv;
       }
     }
   }
-  for (int64_t p = 0; p < P; ++p) Store16(out + (p0 + p) * g.cout + c0, acc[p]);
+  for (int64_t p = 0; p < P; ++p) Store<N>(out + (p0 + p) * g.cout + c0, acc[p]);
 }
 
-SENET_VECTORIZED void BroadcastForwardRow(const Geometry& g, const float* const* rows,
-                                          const float* w, float* out) {
+template <int64_t N>
+inline __attribute__((always_inline)) void BroadcastForwardRowN(const Geometry& g,
+                                                                const float* const* rows,
+                                                                const float* w, float* out) {
   for (int64_t group = 0; group < g.cout / g.cout_g; ++group) {
-    for (int64_t o0 = 0; o0 < g.cout_g; o0 += 16) {
+    for (int64_t o0 = 0; o0 < g.cout_g; o0 += N) {
       const int64_t c0 = group * g.cout_g + o0;
       // Tiles of 8, 7, 4, 2, 1 pixels: independent accumulators hide the FMA latency, and
       // ResNeXt's maps (56, 28, 14, 7 at 224 px; 16, 8, 4, 2 at 64 px) split without 1s.
       int64_t p0 = 0;
-      for (; p0 + 8 <= g.wo; p0 += 8) BroadcastTile<8>(g, rows, w, out, p0, group, c0);
-      for (; p0 + 7 <= g.wo; p0 += 7) BroadcastTile<7>(g, rows, w, out, p0, group, c0);
-      for (; p0 + 4 <= g.wo; p0 += 4) BroadcastTile<4>(g, rows, w, out, p0, group, c0);
-      for (; p0 + 2 <= g.wo; p0 += 2) BroadcastTile<2>(g, rows, w, out, p0, group, c0);
-      for (; p0 < g.wo; ++p0) BroadcastTile<1>(g, rows, w, out, p0, group, c0);
+      for (; p0 + 8 <= g.wo; p0 += 8) BroadcastTile<8, N>(g, rows, w, out, p0, group, c0);
+      for (; p0 + 7 <= g.wo; p0 += 7) BroadcastTile<7, N>(g, rows, w, out, p0, group, c0);
+      for (; p0 + 4 <= g.wo; p0 += 4) BroadcastTile<4, N>(g, rows, w, out, p0, group, c0);
+      for (; p0 + 2 <= g.wo; p0 += 2) BroadcastTile<2, N>(g, rows, w, out, p0, group, c0);
+      for (; p0 < g.wo; ++p0) BroadcastTile<1, N>(g, rows, w, out, p0, group, c0);
     }
   }
+}
+
+SENET_VECTORIZED void BroadcastForwardRow(const Geometry& g, const float* const* rows,
+                                          const float* w, float* out) {
+  if (g.lanes() == 16) return BroadcastForwardRowN<16>(g, rows, w, out);
+  BroadcastForwardRowN<8>(g, rows, w, out);
 }
 
 SENET_VECTORIZED void ForwardRow(const Geometry& g, ExpandedRows& expanded, const float* w,
@@ -181,39 +206,66 @@ SENET_VECTORIZED void ForwardRow(const Geometry& g, ExpandedRows& expanded, cons
   }
 }
 
-// Broadcast form: dw[i, j, ci0 + c, c0 .. c0 + 15] += sum_p x[p + j, group * cin_g + ci0 + c] *
-// dy[p, c0 .. c0 + 15], for C input channels at once.
-template <int64_t C>
-inline __attribute__((always_inline)) void BroadcastGradTile(const Geometry& g, const float* row,
+// Broadcast form: dw[i, j, ci0 + c, c0 .. c0 + N - 1] += sum_p x[wi, group * cin_g + ci0 + c]
+// * dy[p, c0 .. c0 + N - 1] with wi = p + j - pad_left, for C input channels at once. `x_row` is
+// the unpadded input row; pixels whose wi falls into the padding are skipped.
+template <int64_t C, int64_t N>
+inline __attribute__((always_inline)) void BroadcastGradTile(const Geometry& g, const float* x_row,
                                                              const float* dy_row, float* dw,
                                                              int64_t i, int64_t j, int64_t group,
                                                              int64_t ci0, int64_t c0) {
-  Vec16 acc[C] = {};
-  for (int64_t p = 0; p < g.wo; ++p) {
-    const float* xs = row + (p + j) * g.cin + group * g.cin_g + ci0;
-    const Vec16 gv = Load16(dy_row + p * g.cout + c0);
+  typename Vec<N>::type acc[C] = {};
+  const int64_t p_begin = std::max<int64_t>(0, g.pad_left - j);
+  const int64_t p_end = std::min(g.wo, g.w + g.pad_left - j);
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const float* xs = x_row + (p + j - g.pad_left) * g.cin + group * g.cin_g + ci0;
+    const auto gv = Load<N>(dy_row + p * g.cout + c0);
     for (int64_t c = 0; c < C; ++c) acc[c] += xs[c] * gv;
   }
   for (int64_t c = 0; c < C; ++c) {
     float* out = dw + ((i * g.kw + j) * g.cin_g + ci0 + c) * g.cout + c0;
-    Store16(out, Load16(out) + acc[c]);
+    Store<N>(out, Load<N>(out) + acc[c]);
   }
 }
 
-SENET_VECTORIZED void BroadcastWeightGradRow(const Geometry& g, const float* row,
-                                             const float* dy_row, float* dw, int64_t i) {
-  for (int64_t j = 0; j < g.kw; ++j) {
-    for (int64_t group = 0; group < g.cout / g.cout_g; ++group) {
-      for (int64_t c0 = group * g.cout_g; c0 < (group + 1) * g.cout_g; c0 += 16) {
-        int64_t ci0 = 0;
-        for (; ci0 + 8 <= g.cin_g; ci0 += 8) {
-          BroadcastGradTile<8>(g, row, dy_row, dw, i, j, group, ci0, c0);
+// One output row's contribution to the weight gradient of groups [group_begin, group_end).
+template <int64_t N>
+inline __attribute__((always_inline)) void BroadcastWeightGradRowN(
+    const Geometry& g, const float* x, const float* dy_row, float* dw, int64_t n, int64_t ho,
+    int64_t group_begin, int64_t group_end) {
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t hi = ho - g.pad_top + i;
+    if (hi < 0 || hi >= g.h) continue;
+    const float* x_row = x + (n * g.h + hi) * g.w * g.cin;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      for (int64_t group = group_begin; group < group_end; ++group) {
+        for (int64_t c0 = group * g.cout_g; c0 < (group + 1) * g.cout_g; c0 += N) {
+          int64_t ci0 = 0;
+          for (; ci0 + 8 <= g.cin_g; ci0 += 8) {
+            BroadcastGradTile<8, N>(g, x_row, dy_row, dw, i, j, group, ci0, c0);
+          }
+          for (; ci0 + 4 <= g.cin_g; ci0 += 4) {
+            BroadcastGradTile<4, N>(g, x_row, dy_row, dw, i, j, group, ci0, c0);
+          }
+          for (; ci0 < g.cin_g; ++ci0) {
+            BroadcastGradTile<1, N>(g, x_row, dy_row, dw, i, j, group, ci0, c0);
+          }
         }
-        for (; ci0 + 4 <= g.cin_g; ci0 += 4) {
-          BroadcastGradTile<4>(g, row, dy_row, dw, i, j, group, ci0, c0);
-        }
-        for (; ci0 < g.cin_g; ++ci0) BroadcastGradTile<1>(g, row, dy_row, dw, i, j, group, ci0, c0);
       }
+    }
+  }
+}
+
+// Rows [row_begin, row_end)'s contribution to groups [group_begin, group_end).
+SENET_VECTORIZED void BroadcastWeightGrad(const Geometry& g, const float* x, const float* dy,
+                                          float* dw, int64_t row_begin, int64_t row_end,
+                                          int64_t group_begin, int64_t group_end) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* dy_row = dy + r * g.wo * g.cout;
+    if (g.lanes() == 16) {
+      BroadcastWeightGradRowN<16>(g, x, dy_row, dw, r / g.ho, r % g.ho, group_begin, group_end);
+    } else {
+      BroadcastWeightGradRowN<8>(g, x, dy_row, dw, r / g.ho, r % g.ho, group_begin, group_end);
     }
   }
 }
@@ -225,10 +277,6 @@ SENET_VECTORIZED void WeightGradRow(const Geometry& g, ExpandedRows& expanded, c
   for (int64_t i = 0; i < g.kh; ++i) {
     const float* row = expanded.Get(n, ho - g.pad_top + i);
     if (row == nullptr) continue;
-    if (g.broadcast()) {
-      BroadcastWeightGradRow(g, row, dy_row, dw, i);
-      continue;
-    }
     for (int64_t j = 0; j < g.kw; ++j) {
       for (int64_t ci = 0; ci < g.cin_g; ++ci) {
         float* acc = dw + ((i * g.kw + j) * g.cin_g + ci) * g.cout;
@@ -290,12 +338,28 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     return ffi::Error::InvalidArgument(kShapeError);
   }
   const int64_t rows = g.n * g.ho, size = g.kh * g.kw * g.cin_g * g.cout;
+  const int64_t groups = g.cout / g.cout_g;
+  if (g.broadcast() && size > kMaxPartialFloats) {
+    // Chunks own disjoint groups and write the result directly: no partial sums, which for
+    // 1024 channels would be 1.2 MB each. (Slower where partials are small: strided reads.)
+    float* out = dw->typed_data();
+    std::fill(out, out + size, 0.0f);
+    senet::ParallelFor(pool, kChunks, [&](int64_t chunk) {
+      BroadcastWeightGrad(g, x.typed_data(), dy.typed_data(), out, 0, rows,
+                          groups * chunk / kChunks, groups * (chunk + 1) / kChunks);
+    });
+    return ffi::Error::Success();
+  }
   std::vector<float> partial(kChunks * size, 0.0f);
   senet::ParallelFor(pool, kChunks, [&](int64_t chunk) {
+    const int64_t begin = rows * chunk / kChunks, end = rows * (chunk + 1) / kChunks;
+    float* acc = partial.data() + chunk * size;
+    if (g.broadcast()) {
+      return BroadcastWeightGrad(g, x.typed_data(), dy.typed_data(), acc, begin, end, 0, groups);
+    }
     ExpandedRows expanded(g, x.typed_data());
-    for (int64_t r = rows * chunk / kChunks; r < rows * (chunk + 1) / kChunks; ++r) {
-      WeightGradRow(g, expanded, dy.typed_data(), partial.data() + chunk * size, r / g.ho,
-                    r % g.ho);
+    for (int64_t r = begin; r < end; ++r) {
+      WeightGradRow(g, expanded, dy.typed_data(), acc, r / g.ho, r % g.ho);
     }
   });
   float* out = dw->typed_data();
