@@ -1,12 +1,14 @@
 """Hand-written CPU kernels, registered with XLA as FFI custom calls.
 
-There is one: the weight gradient of a depthwise convolution (`depthwise_cpu.cc`), where
-XLA:CPU copies a shifted slice of the activations for every kernel tap before reducing it
-(EfficientNet's depthwise weight gradients took ~20% of a B0 training step).
+- `depthwise_cpu.cc`: the weight gradient of a depthwise convolution, where XLA:CPU copies a
+  shifted slice of the activations for every kernel tap before reducing it (EfficientNet's
+  depthwise weight gradients took ~20% of a B0 training step).
+- `grouped_cpu.cc`: stride-1 grouped convolution, forward and weight gradient (XLA:CPU's own
+  grouped convolution is 10-100x slower than a dense one).
 
-The C++ source is compiled on first use with the system's C++ compiler (`$CXX`, else `c++`)
+The C++ sources are compiled on first use with the system's C++ compiler (`$CXX`, else `c++`)
 against the FFI headers jaxlib ships, into `$SENET_KERNEL_CACHE` (default
-`~/.cache/senet_jax/kernels`), keyed by a hash of the source, the compiler command and the
+`~/.cache/senet_jax/kernels`), keyed by a hash of the sources, the compiler command and the
 jaxlib version; the file is written under a temporary name and renamed, so concurrent
 processes never load a half-written library. Without a compiler, or with
 `SENET_NO_CPU_KERNELS=1`, `available()` is False and callers keep their XLA formulation.

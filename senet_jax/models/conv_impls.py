@@ -39,7 +39,8 @@ speed per backend:
 
 - 'direct': grouped only, stride 1, float32, one CPU device: the C++ kernels of
   `senet_jax.kernels` (forward, weight gradient; the input gradient is a forward pass with the
-  flipped kernel). Elsewhere it runs 'split'. 2-8x faster than 'split' on ResNeXt-50's shapes.
+  flipped kernel). Elsewhere it runs 'split'. 1.2-3x faster than 'split' on ResNeXt-50's
+  shapes, forward + backward (benchmarks/grouped_conv.py).
 
 'auto' picks per backend: on CPU 'matmul' for 1x1, 'shift' for depthwise, 'direct' for other
 grouped convolutions whose groups it handles well ('split' for the rest), 'im2col' on maps no
