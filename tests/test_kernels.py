@@ -83,3 +83,9 @@ def test_direct_grouped_conv_runs_the_kernels_at_stride_one_only():
   assert text.count('senet_grouped_conv_forward') == 2  # forward and input gradient
   assert 'senet_grouped_conv_weight_grad' in text
   assert 'senet_grouped_conv' not in hlo(2)
+
+
+def test_calling_a_kernel_without_them_is_a_clear_error(monkeypatch):
+  monkeypatch.setattr(kernels, 'available', lambda: False)
+  with pytest.raises(RuntimeError, match='CPU kernels are not available'):
+    kernels.grouped_conv_forward(jnp.ones((1, 4, 4, 8)), jnp.ones((3, 3, 2, 8)), ((1, 1), (1, 1)))

@@ -97,13 +97,20 @@ def available() -> bool:
   return True
 
 
+def _ffi_call(target: str, out):
+  """The custom call `target`, registering the kernels first if no caller has yet."""
+  if not available():
+    raise RuntimeError(f'{target}: the senet_jax CPU kernels are not available (see the log)')
+  return jax.ffi.ffi_call(target, out, vmap_method='sequential')
+
+
 def depthwise_weight_grad(x, dy, kernel_hw: tuple[int, int], strides: int,
                           pads: tuple[tuple[int, int], tuple[int, int]]):
   """(KH, KW, C) float32 weight gradient of a depthwise conv (depth multiplier 1) with input
   `x` (N, H, W, C), output gradient `dy` (N, Ho, Wo, C), explicit `pads` ((top, bottom),
-  (left, right)). Needs `available()`."""
+  (left, right))."""
   out = jax.ShapeDtypeStruct((*kernel_hw, x.shape[-1]), jnp.float32)
-  call = jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')
+  call = _ffi_call(TARGET, out)
   return call(x.astype(jnp.float32), dy.astype(jnp.float32), stride=np.int64(strides),
               pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
 
@@ -117,7 +124,7 @@ def grouped_conv_forward(x, kernel, pads):
   out = jax.ShapeDtypeStruct(
       (x.shape[0], x.shape[1] + pt + pb - kh + 1, x.shape[2] + pl + pr - kw + 1, cout),
       jnp.float32)
-  call = jax.ffi.ffi_call('senet_grouped_conv_forward', out, vmap_method='sequential')
+  call = _ffi_call('senet_grouped_conv_forward', out)
   return call(x.astype(jnp.float32), kernel.astype(jnp.float32), pad_top=np.int64(pt),
               pad_left=np.int64(pl))
 
@@ -125,6 +132,6 @@ def grouped_conv_forward(x, kernel, pads):
 def grouped_conv_weight_grad(x, dy, kernel_shape, pads):
   """Weight gradient of `grouped_conv_forward` for output gradient `dy`."""
   out = jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32)
-  call = jax.ffi.ffi_call('senet_grouped_conv_weight_grad', out, vmap_method='sequential')
+  call = _ffi_call('senet_grouped_conv_weight_grad', out)
   return call(x.astype(jnp.float32), dy.astype(jnp.float32), pad_top=np.int64(pads[0][0]),
               pad_left=np.int64(pads[1][0]))
