@@ -26,6 +26,7 @@ CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, 
     ('direct', 128, 128, 16, 3, 1, 'SAME', 6),  # 8 per group: broadcast with 8-wide vectors
     ('direct', 256, 256, 16, 3, 1, 'SAME', 4),  # weight gradient split by groups (large kernel)
     ('direct', 64, 64, 16, 3, 2, 'SAME', 6),   # strided: falls back to 'split'
+    ('direct', 8, 8, 8, 3, 1, 'SAME', 6),      # depthwise: one channel per group
     ('matmul', 8, 16, 1, 1, 1, 'SAME', 7),    # 1x1 as a channel contraction
     ('matmul', 8, 16, 1, 1, 2, ((0, 0), (0, 0)), 8),  # strided 1x1 (ResNet projections)
     ('matmul', 8, 16, 1, 1, 2, 'SAME', 7),
@@ -103,8 +104,6 @@ def test_shift_rejects_non_depthwise_and_unknown_impl():
     conv_impls.resolve_impl('shift', 4, 16)
   with pytest.raises(ValueError, match='conv_impl'):
     conv_impls.resolve_impl('winograd', 4, 16)
-  with pytest.raises(ValueError, match="'direct' is for grouped"):
-    conv_impls.resolve_impl('direct', 16, 16)
 
 
 def test_channel_matmul_gradients_in_bfloat16_keep_dtype_and_match_float32():

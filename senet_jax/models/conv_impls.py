@@ -37,9 +37,9 @@ speed per backend:
   2-D matmul. Only faster with YNNPACK convolutions (jaxlib's default), whose weight gradient
   of kxk convs with <= 64 input channels or maps of <= 7 px is 1.3-2x slower than im2col's.
 
-- 'direct': grouped only, stride 1, float32, one CPU device: the C++ kernels of
-  `senet_jax.kernels` (forward, weight gradient; the input gradient is a forward pass with the
-  flipped kernel). Elsewhere it runs 'split'. 1.2-3x faster than 'split' on ResNeXt-50's
+- 'direct': grouped (depthwise too, though 'shift' is the fast one there), stride 1, float32,
+  one CPU device: the C++ kernels of `senet_jax.kernels` (forward, weight gradient; the input
+  gradient is a forward pass with the flipped kernel). Elsewhere it runs 'split'. 1.2-3x faster than 'split' on ResNeXt-50's
   shapes, forward + backward (benchmarks/grouped_conv.py).
 
 'auto' picks per backend: on CPU 'matmul' for 1x1, 'shift' for depthwise, 'direct' for other
@@ -98,8 +98,6 @@ def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None =
     raise ValueError(f"conv_impl='matmul' needs a dense 1x1 conv, got groups={groups}")
   if impl in ('im2col', 'im2col_grad'):
     raise ValueError(f"conv_impl={impl!r} needs a dense conv, got groups={groups}")
-  if impl == 'direct' and depthwise:
-    raise ValueError("conv_impl='direct' is for grouped convs; depthwise ones use 'shift'")
   if impl == 'shift' and not depthwise:
     raise ValueError(f"conv_impl='shift' needs a depthwise conv (groups == in_channels), got "
                      f'groups={groups} with {in_channels} input channels')
