@@ -31,11 +31,12 @@ import numpy as np
 HERE = os.path.dirname(__file__)
 SOURCES = ('depthwise_cpu.cc', 'grouped_cpu.cc')
 HEADERS = ('parallel.h',)
+TARGET = 'senet_depthwise_weight_grad'  # FFI target names
+GROUPED_FORWARD = 'senet_grouped_conv_forward'
+GROUPED_WEIGHT_GRAD = 'senet_grouped_conv_weight_grad'
 # FFI target name -> handler symbol in the library.
-TARGETS = {'senet_depthwise_weight_grad': 'SenetDepthwiseWeightGrad',
-           'senet_grouped_conv_forward': 'SenetGroupedConvForward',
-           'senet_grouped_conv_weight_grad': 'SenetGroupedConvWeightGrad'}
-TARGET = 'senet_depthwise_weight_grad'
+TARGETS = {TARGET: 'SenetDepthwiseWeightGrad', GROUPED_FORWARD: 'SenetGroupedConvForward',
+           GROUPED_WEIGHT_GRAD: 'SenetGroupedConvWeightGrad'}
 CXXFLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC', '-fno-math-errno')
 
 
@@ -97,11 +98,13 @@ def available() -> bool:
   return True
 
 
-def _ffi_call(target: str, out):
-  """The custom call `target`, registering the kernels first if no caller has yet."""
+def _ffi_call(target: str, out, pads):
+  """The custom call `target` with the pad attributes every kernel takes (top and left; the
+  output shape implies bottom and right), registering the kernels first if no caller has yet."""
   if not available():
     raise RuntimeError(f'{target}: the senet_jax CPU kernels are not available (see the log)')
-  return jax.ffi.ffi_call(target, out, vmap_method='sequential')
+  call = jax.ffi.ffi_call(target, out, vmap_method='sequential')
+  return functools.partial(call, pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
 
 
 def depthwise_weight_grad(x, dy, kernel_hw: tuple[int, int], strides: int,
@@ -110,28 +113,22 @@ def depthwise_weight_grad(x, dy, kernel_hw: tuple[int, int], strides: int,
   `x` (N, H, W, C), output gradient `dy` (N, Ho, Wo, C), explicit `pads` ((top, bottom),
   (left, right))."""
   out = jax.ShapeDtypeStruct((*kernel_hw, x.shape[-1]), jnp.float32)
-  call = _ffi_call(TARGET, out)
-  return call(x.astype(jnp.float32), dy.astype(jnp.float32), stride=np.int64(strides),
-              pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
-
+  call = _ffi_call(TARGET, out, pads)
+  return call(x.astype(jnp.float32), dy.astype(jnp.float32), stride=np.int64(strides))
 
 
 def grouped_conv_forward(x, kernel, pads):
   """Stride-1 grouped conv, float32: x (N, H, W, Cin), kernel (KH, KW, Cin / G, Cout),
   explicit `pads` ((top, bottom), (left, right))."""
-  (pt, pb), (pl, pr) = pads
   kh, kw, _, cout = kernel.shape
-  out = jax.ShapeDtypeStruct(
-      (x.shape[0], x.shape[1] + pt + pb - kh + 1, x.shape[2] + pl + pr - kw + 1, cout),
-      jnp.float32)
-  call = _ffi_call('senet_grouped_conv_forward', out)
-  return call(x.astype(jnp.float32), kernel.astype(jnp.float32), pad_top=np.int64(pt),
-              pad_left=np.int64(pl))
+  out = jax.ShapeDtypeStruct((x.shape[0], x.shape[1] + sum(pads[0]) - kh + 1,
+                              x.shape[2] + sum(pads[1]) - kw + 1, cout), jnp.float32)
+  call = _ffi_call(GROUPED_FORWARD, out, pads)
+  return call(x.astype(jnp.float32), kernel.astype(jnp.float32))
 
 
 def grouped_conv_weight_grad(x, dy, kernel_shape, pads):
   """Weight gradient of `grouped_conv_forward` for output gradient `dy`."""
   out = jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32)
-  call = _ffi_call('senet_grouped_conv_weight_grad', out)
-  return call(x.astype(jnp.float32), dy.astype(jnp.float32), pad_top=np.int64(pads[0][0]),
-              pad_left=np.int64(pads[1][0]))
+  call = _ffi_call(GROUPED_WEIGHT_GRAD, out, pads)
+  return call(x.astype(jnp.float32), dy.astype(jnp.float32))

@@ -7,9 +7,7 @@
 // each over a shifted slice of x that it first copies, so it reads the activations 2*k*k times;
 // this kernel reads them once. Work is split into a fixed number of row chunks with one partial
 // sum each, added in chunk order, so results do not depend on thread count or scheduling.
-#include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "parallel.h"
 #include "xla/ffi/api/ffi.h"
@@ -60,21 +58,13 @@ ffi::Error DepthwiseWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const Shape s{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], wd[0], wd[1], stride, pad_top,
                 pad_left};
   const int64_t rows = s.n * s.ho, taps = s.kh * s.kw * s.c;
-  std::vector<float> partial(kChunks * taps, 0.0f);
   const float* xp = x.typed_data();
   const float* gp = g.typed_data();
-  senet::ParallelFor(pool, kChunks, [&](int64_t chunk) {
-    float* acc = partial.data() + chunk * taps;
+  senet::ChunkedSum(pool, kChunks, taps, dw->typed_data(), [&](int64_t chunk, float* acc) {
     for (int64_t r = rows * chunk / kChunks; r < rows * (chunk + 1) / kChunks; ++r) {
       AccumulateRow(s, xp, gp, acc, r / s.ho, r % s.ho);
     }
   });
-  float* out = dw->typed_data();
-  std::copy(partial.begin(), partial.begin() + taps, out);
-  for (int64_t chunk = 1; chunk < kChunks; ++chunk) {
-    const float* p = partial.data() + chunk * taps;
-    for (int64_t k = 0; k < taps; ++k) out[k] += p[k];
-  }
   return ffi::Error::Success();
 }
 

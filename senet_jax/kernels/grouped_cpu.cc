@@ -3,13 +3,17 @@
 // the flipped kernel, see senet_jax/kernels/__init__.py).
 //
 // XLA:CPU has no fast grouped convolution (its own is 10-100x slower than a dense one) and the
-// dense reformulations waste arithmetic. Here every input row is first "expanded" so that each
-// output channel c finds the input value of its own group at the same place,
-//   expanded[w, ci, c] = x[w - pad_left, group(c) * cin_g + ci]   (zero in the padding),
-// after which every kernel tap is a contiguous multiply-add over the output channels, which the
-// compiler vectorises; accumulators for a tile of pixels x channels stay in registers.
-// Work is split by output rows into a fixed number of chunks (weight-gradient partial sums are
-// added in chunk order), so results do not depend on the thread count.
+// dense reformulations waste arithmetic. Two forms, both vectorised over output channels with
+// accumulators for a tile of pixels x channels in registers:
+// - broadcast (groups of a multiple of 8 output channels): one input value times a vector of
+//   that group's weights;
+// - expanded rows (other groups): every input row is first copied so that each output channel
+//   c finds the input value of its own group at the same place,
+//     expanded[w, ci, c] = x[w - pad_left, group(c) * cin_g + ci]   (zero in the padding),
+//   after which every kernel tap is a contiguous multiply-add over all output channels.
+// Work is split into a fixed number of chunks (by output rows; the weight gradient of large
+// kernels by groups), partial sums added in chunk order, so results do not depend on the
+// thread count.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -35,8 +39,8 @@ constexpr int64_t kLanes = 64;    // output channels per register tile
 struct Geometry {
   int64_t n, h, w, cin, ho, wo, cout, kh, kw, cin_g, cout_g, pad_top, pad_left;
   int64_t padded_w() const { return wo + kw - 1; }
-  // Groups of a multiple of 8 output channels fill whole vectors: their kernels broadcast one input value
-  // against a vector of weights and need no expanded rows.
+  // Groups of a multiple of 8 output channels fill whole vectors: their kernels broadcast one
+  // input value against a vector of weights and need no expanded rows.
   bool broadcast() const { return cout_g % 8 == 0; }
   int64_t lanes() const { return cout_g % 16 == 0 ? 16 : 8; }  // vector width of that form
   int64_t row_floats() const { return padded_w() * (broadcast() ? cin : cin_g * cout); }
@@ -350,10 +354,8 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     });
     return ffi::Error::Success();
   }
-  std::vector<float> partial(kChunks * size, 0.0f);
-  senet::ParallelFor(pool, kChunks, [&](int64_t chunk) {
+  senet::ChunkedSum(pool, kChunks, size, dw->typed_data(), [&](int64_t chunk, float* acc) {
     const int64_t begin = rows * chunk / kChunks, end = rows * (chunk + 1) / kChunks;
-    float* acc = partial.data() + chunk * size;
     if (g.broadcast()) {
       return BroadcastWeightGrad(g, x.typed_data(), dy.typed_data(), acc, begin, end, 0, groups);
     }
@@ -362,11 +364,6 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
       WeightGradRow(g, expanded, dy.typed_data(), acc, r / g.ho, r % g.ho);
     }
   });
-  float* out = dw->typed_data();
-  std::copy(partial.begin(), partial.begin() + size, out);
-  for (int64_t chunk = 1; chunk < kChunks; ++chunk) {
-    for (int64_t k = 0; k < size; ++k) out[k] += partial[chunk * size + k];
-  }
   return ffi::Error::Success();
 }
 

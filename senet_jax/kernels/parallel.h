@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -47,6 +48,20 @@ inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t total,
   queue->Drain();
   std::unique_lock<std::mutex> lock(queue->mu);
   queue->cv.wait(lock, [&] { return queue->done.load() == total; });
+}
+
+// out[0 .. size) = sum over chunks of what fn(chunk, partial) accumulates into its own zeroed
+// partial buffer of `size` floats; the partials are added in chunk order, so the result does
+// not depend on which thread ran which chunk.
+inline void ChunkedSum(xla::ffi::ThreadPool& pool, int64_t chunks, int64_t size, float* out,
+                       std::function<void(int64_t, float*)> fn) {
+  std::vector<float> partial(chunks * size, 0.0f);
+  ParallelFor(pool, chunks, [&](int64_t chunk) { fn(chunk, partial.data() + chunk * size); });
+  std::copy(partial.begin(), partial.begin() + size, out);
+  for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+    const float* p = partial.data() + chunk * size;
+    for (int64_t k = 0; k < size; ++k) out[k] += p[k];
+  }
 }
 
 }  // namespace senet

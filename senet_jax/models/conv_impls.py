@@ -39,12 +39,13 @@ speed per backend:
 
 - 'direct': grouped (depthwise too, though 'shift' is the fast one there), stride 1, float32,
   one CPU device: the C++ kernels of `senet_jax.kernels` (forward, weight gradient; the input
-  gradient is a forward pass with the flipped kernel). Elsewhere it runs 'split'. 1.2-3x faster than 'split' on ResNeXt-50's
-  shapes, forward + backward (benchmarks/grouped_conv.py).
+  gradient is a forward pass with the flipped kernel). Elsewhere it runs 'split'. 1.2-3x
+  faster than 'split' on ResNeXt-50's shapes, forward + backward (benchmarks/grouped_conv.py).
 
 'auto' picks per backend: on CPU 'matmul' for 1x1, 'shift' for depthwise, 'direct' for other
 grouped convolutions whose groups it handles well ('split' for the rest), 'im2col' on maps no
-larger than the kernel, and for other dense kxk convs what is fastest on the CPU convolution engine in use (`_auto_dense_cpu`; Eigen once
+larger than the kernel, and for other dense kxk convs what is fastest on the CPU convolution
+engine in use (`_auto_dense_cpu`; Eigen once
 `senet_jax.utils.xla_flags.configure_xla_cpu()` ran: then plain 'xla'); 'xla' on GPU / TPU.
 """
 from __future__ import annotations
@@ -60,10 +61,12 @@ from senet_jax import kernels
 from senet_jax.utils.xla_flags import cpu_conv_engine
 
 IMPLS = ('auto', 'xla', 'shift', 'dense', 'split', 'direct', 'matmul', 'im2col', 'im2col_grad')
-# 'direct' beats 'split' for groups of <= 8 input channels (expanded rows) and for groups of a
-# multiple of 16 output channels (broadcast form): all of ResNeXt-50 32x4d's 3x3 convs. Other
-# shapes (e.g. 12 in / 12 out) would need expanded rows that outgrow the cache.
+# 'direct' beats 'split' for groups of <= 8 input channels (its expanded-rows form) and for
+# groups of a multiple of 8 output channels (its broadcast form; `Geometry::broadcast()` in
+# senet_jax/kernels/grouped_cpu.cc): all of ResNeXt-50 32x4d's 3x3 convs. Other shapes (e.g. 12
+# in / 12 out) would need expanded rows that outgrow the cache.
 DIRECT_MAX_EXPANDED_WIDTH = 8
+DIRECT_BROADCAST_MULTIPLE = 8
 SPLIT_SLICE_CHANNELS = 16  # input channels per dense slice of 'split' (measured best on CPU)
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
@@ -91,7 +94,8 @@ def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None =
     if depthwise:
       return 'shift'
     out_per_group = (out_channels or in_channels) // groups
-    if in_channels // groups <= DIRECT_MAX_EXPANDED_WIDTH or out_per_group % 16 == 0:
+    if (in_channels // groups <= DIRECT_MAX_EXPANDED_WIDTH
+        or out_per_group % DIRECT_BROADCAST_MULTIPLE == 0):
       return 'direct'
     return 'split'
   if impl == 'matmul':
@@ -132,9 +136,10 @@ def _im2col_grad_is_faster(in_channels: int, spatial: int) -> bool:
 
 
 def _pads(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: int, padding: Any):
+  """((top, bottom), (left, right)) as nested tuples (hashable: custom-VJP static args)."""
   if isinstance(padding, str):
-    return lax.padtype_to_pads(x_shape[1:3], kernel_shape[:2], (strides, strides), padding)
-  return [tuple(p) for p in padding]
+    padding = lax.padtype_to_pads(x_shape[1:3], kernel_shape[:2], (strides, strides), padding)
+  return tuple(tuple(int(v) for v in p) for p in padding)
 
 
 def strided_taps(xp, kh: int, kw: int, strides: int):
@@ -161,7 +166,7 @@ def conv_shift(x, kernel, strides: int, padding: Any):
   """Depthwise conv as k*k shifted strided slices times per-channel weights. On CPU, in float32
   on one device, its weight gradient comes from the hand-written kernel in `senet_jax.kernels`
   (XLA copies a shifted slice of the activations per tap there: 10-20x slower)."""
-  pads = tuple(tuple(p) for p in _pads(x.shape, kernel.shape, strides, padding))
+  pads = _pads(x.shape, kernel.shape, strides, padding)
   if _use_depthwise_kernel(x, kernel):
     return _conv_shift_kernel_grad(x, kernel, strides, pads)
   return _conv_shift(x, kernel, strides, pads)
@@ -245,7 +250,7 @@ def conv_direct(x, kernel, strides: int, padding: Any, groups: int):
   """Grouped conv from the C++ kernels in `senet_jax.kernels` (forward, input gradient as a
   forward with the flipped kernel, weight gradient); 'split' where they cannot run (stride > 1,
   not float32, several devices, no compiler)."""
-  pads = tuple(tuple(p) for p in _pads(x.shape, kernel.shape, strides, padding))
+  pads = _pads(x.shape, kernel.shape, strides, padding)
   if strides != 1 or not _cpu_kernels_apply(x, kernel):
     return conv_split(x, kernel, strides, pads, groups)
   return _conv_direct(x, kernel, pads)
