@@ -7,13 +7,24 @@ Multi-process (one process per host, or several on one machine): set
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or the same as
 SENET_COORDINATOR_ADDRESS / SENET_NUM_PROCESSES / SENET_PROCESS_ID); on Cloud TPU pods and
 SLURM `--distributed` lets JAX discover them. Exit codes: 0 done, 1 unexpected error, 2 bad
-config, 3 non-finite loss, 4 unusable or unwritable checkpoint, 42 preempted after writing a
-checkpoint.
+config (or a checkpoint of another model/config), 3 non-finite loss, 4 unusable or unwritable
+checkpoint, 5 workdir in use by another run, 42 preempted (after writing a checkpoint, or
+before training started). Errors are one or two lines; --verbose adds the traceback.
 """
 import os
+import signal
 import sys
 
-if __name__ == '__main__':  # before anything allocates: XLA:CPU is much faster on jemalloc
+
+def _preempted_while_starting(signum, frame):  # noqa: ARG001
+  # Nothing is written before the trainer installs its own handler: stop now, as preempted.
+  print('preempted while starting; nothing to save', file=sys.stderr)
+  os._exit(42)
+
+
+if __name__ == '__main__':
+  signal.signal(signal.SIGTERM, _preempted_while_starting)  # imports take seconds
+  # Before anything allocates: XLA:CPU is much faster on jemalloc.
   from senet_jax.utils import allocator, xla_flags
   allocator.reexec_with_jemalloc()
   xla_flags.configure_xla_cpu()  # Eigen convolutions: faster than YNNPACK's on CPU
@@ -36,6 +47,8 @@ flags.DEFINE_integer('num_processes', int(os.environ.get('SENET_NUM_PROCESSES', 
                      'Number of processes.')
 flags.DEFINE_integer('process_id', int(os.environ.get('SENET_PROCESS_ID', '-1')),
                      'This process (0..num_processes-1).')
+flags.DEFINE_bool('verbose', False, 'Print tracebacks of errors (alias: --debug).')
+flags.DEFINE_alias('debug', 'verbose')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -69,25 +82,49 @@ def main(argv):
   _hide_accelerators_from_tensorflow()
   _init_distributed()
   import train  # after distributed init: it queries devices
-  from senet_jax.training import preemption
+  from senet_jax.training import preemption, workdir_lock
   config = FLAGS.config
   try:
     results = (train.evaluate_only(config, FLAGS.workdir) if FLAGS.mode == 'eval'
                else train.train_and_evaluate(config, FLAGS.workdir))
-  except train.ConfigError as err:
-    logging.error('bad config: %s', err)
-    print(f'error: {err}', file=sys.stderr)
-    sys.exit(2)
   except preemption.Preempted as err:
     logging.warning('%s', err)
     sys.exit(train.PREEMPTED_EXIT_CODE)
-  except (train.NonFiniteLossError, train.CheckpointError) as err:
-    logging.error('%s', err)
-    print(f'error: {err}', file=sys.stderr)
-    sys.exit(3 if isinstance(err, train.NonFiniteLossError) else 4)
+  except (train.ConfigError, train.NonFiniteLossError, train.CheckpointError,
+          workdir_lock.WorkdirLockedError) as err:
+    # ConfigError first: a checkpoint of another model is both, and a config mistake.
+    code = (2 if isinstance(err, train.ConfigError) else 3
+            if isinstance(err, train.NonFiniteLossError) else 5
+            if isinstance(err, workdir_lock.WorkdirLockedError) else 4)
+    _fail(err, code, 'bad config: ' if code == 2 else '')
   summary = ', '.join(f'{k} {v:.4f}' for k, v in sorted(results.items()))
   print(f'final eval: {summary}')
 
 
+def _fail(err: BaseException, code: int, prefix: str = '') -> None:
+  """One `error:` line on stderr (the traceback only with --verbose), then exit `code`."""
+  if FLAGS.is_parsed() and FLAGS.verbose:
+    import traceback
+    traceback.print_exception(err)
+  print(f'error: {prefix}{err}', file=sys.stderr)
+  sys.exit(code)
+
+
+def _parse_flags(argv):
+  """absl flag parsing, with a config file or field error as one line and exit status 2."""
+  try:
+    remaining = FLAGS(argv)
+    if FLAGS.config is None or not list(FLAGS.config.keys()):  # loads it (deferred)
+      raise app.UsageError('--config=FILE is required, e.g. --config=configs/quickstart.py')
+    return remaining
+  except Exception as err:  # noqa: BLE001 - every parse failure is a usage error
+    from senet_jax.training.cli_errors import flag_error_message
+    if '--verbose' in argv or '--debug' in argv:
+      import traceback
+      traceback.print_exception(err)
+    print(f'error: {flag_error_message(err, argv, FLAGS)}', file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from senet_jax.data import pipeline
 from senet_jax.models import create_model
 from senet_jax.training import checkpoint as ckpt_lib
-from senet_jax.training import optim, preemption, steps
+from senet_jax.training import config_diff, optim, preemption, steps, workdir_lock
 from senet_jax.training.state import abstract_state, create_sharded_state
 from senet_jax.training.validate import ConfigError, validate_config, validate_model_input
 
@@ -87,6 +87,8 @@ def _write_eval_json(workdir: str, step: int, results: dict) -> None:
   if os.path.exists(path):
     with open(path) as f:
       history = json.load(f).get('history', [])
+  # A resumed run redoes the steps after its checkpoint: keep one entry per step.
+  history = [h for h in history if h.get('step', -1) < step]
   history.append({'step': step, **results})
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -157,9 +159,23 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        eval_only: bool = False) -> dict[str, Any]:
-  """Trains and evaluates; returns the final eval metrics. Resumes from `workdir` if present."""
-  # ---- Setup and mesh ------------------------------------------------------------------
+  """Trains and evaluates; returns the final eval metrics. Resumes from `workdir` if present.
+
+  The config is validated before anything is computed; a training run holds the workdir's
+  lock (workdir_lock) for its whole life, so a second run on it stops at once.
+  """
   validate_config(config, workdir, jax.device_count(), jax.process_count(), eval_only)
+  lock = (None if eval_only else
+          workdir_lock.acquire_for_run(workdir, jax.process_index(), jax.process_count()))
+  try:
+    return _train_and_evaluate(config, workdir, eval_only)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]:
+  # ---- Setup and mesh ------------------------------------------------------------------
   watcher = preemption.PreemptionWatcher()  # first: a SIGTERM from here on is handled
   os.makedirs(workdir, exist_ok=True)
   check_shared_workdir(workdir)
@@ -197,9 +213,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                        config.keep_checkpoints, config.keep_best_checkpoint)
   restored = checkpointer.restore_latest_usable(
-      abstract_state(model, optimizer, image_shape, state_shardings))
+      abstract_state(model, optimizer, image_shape, state_shardings), config.model)
   if restored is not None:
-    state, _, latest = restored
+    state, saved_meta, latest = restored
+    if not eval_only:  # a different config would silently change the run's trajectory
+      config_diff.check_resume_config(saved_meta.get('config'), config, workdir, latest,
+                                      record=jax.process_index() == 0)
     _log('resumed from step %d (%s)', latest, checkpointer.directory)
   elif config.init_from:
     # Fine-tuning re-initialises the head; evaluating converted weights keeps everything.
@@ -242,6 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     pending.append(step_metrics)
     for hook in hooks:
       hook(step)
+    checkpointer.check()  # a failed background save stops the run at once
     is_last = step == total_steps
     do_eval = step % eval_every == 0 or is_last
     do_save = step % config.checkpoint_every_steps == 0 or do_eval

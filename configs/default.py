@@ -78,6 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ''                 # checkpoint dir to start from (fine-tuning)
   config.init_from_exclude = ('fc', 'classifier')  # top-level params re-initialised on init_from
   config.profile = False                # clu Profile for a few steps after the first log
+  # Resuming with a config that changes the trajectory (model, batch, optimizer, schedule,
+  # dtype, data, ...) is an error unless this is True; the change is then recorded in
+  # workdir/config_changes.json. Logging/eval/checkpoint cadence may change freely.
+  config.allow_config_change = False
 
   # ---- Speed -----------------------------------------------------------------------------
   config.conv_impl = 'auto'             # grouped/depthwise conv formulation ('auto', 'xla', ...)

@@ -6,6 +6,7 @@ like a finished checkpoint. The last `keep` checkpoints are kept, plus the best 
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from typing import Any
@@ -16,9 +17,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from senet_jax.training.validate import ConfigError
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be used (wrong model, unreadable, ...); the message says why."""
+
+
+class CheckpointMismatchError(CheckpointError, ConfigError):
+  """The checkpoint is intact but holds another model/optimizer: a config mistake (exit 2)."""
+
+
+BROKEN = '.broken'  # suffix of set-aside (damaged) checkpoint directories
 
 
 def _key_name(entry) -> str:
@@ -35,14 +45,22 @@ def flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
           for path, leaf in flat}
 
 
-def first_shape_mismatch(saved: Any, target: Any) -> str | None:
-  """Describes the first parameter whose saved shape differs from the target, or is missing."""
+def first_shape_mismatch(saved: Any, target: Any, extra_ok: bool = True) -> str | None:
+  """Describes the first parameter whose saved shape differs from the target, or is missing.
+
+  With `extra_ok=False` an entry the checkpoint has and the target lacks is a mismatch too
+  (a model whose parameters are a subset of the saved ones does not fit it either).
+  """
   saved_shapes = flat_shapes(saved)
-  for name, shape in flat_shapes(target).items():
+  target_shapes = flat_shapes(target)
+  for name, shape in target_shapes.items():
     if name not in saved_shapes:
       return f'{name} is missing from the checkpoint (expected shape {shape})'
     if saved_shapes[name] != shape:
       return f'{name}: checkpoint has shape {saved_shapes[name]}, the model expects {shape}'
+  extra = [name for name in saved_shapes if name not in target_shapes]
+  if extra and not extra_ok:
+    return f'the checkpoint has {extra[0]} (and {len(extra) - 1} more) that the model lacks'
   return None
 
 
@@ -56,20 +74,25 @@ class Checkpointer:
     if keep_best:
       keep_policies.append(policies.BestN(get_metric_fn=lambda m: m['top1'], n=1,
                                           keep_checkpoints_without_metrics=False))
+    # best_fn makes orbax write each checkpoint's metrics to disk (it does not without it), so
+    # the best-by-top-1 is still known after a restart; the preservation policy decides.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+        best_fn=(lambda m: m['top1']) if keep_best else None, best_mode='max',
         enable_async_checkpointing=async_save, create=True)
     # Explicit handlers: item_metadata() can then describe a checkpoint before restoring it.
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'meta': ocp.JsonCheckpointHandler()})
+    self._writing = None  # step of the save that may still be in flight
 
   def latest_step(self) -> int | None:
     """Newest complete checkpoint step, or None."""
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """Steps of the complete checkpoints orbax knows about, oldest first."""
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, meta: dict, metrics: dict | None = None,
@@ -79,77 +102,149 @@ class Checkpointer:
     A failed write (disk full, unwritable directory) raises CheckpointError saying so; orbax
     writes into a temporary directory first, so the previous checkpoints stay intact.
     """
+    if self._writing is not None:
+      self.wait()  # surfaces a failure of the previous save under its own step number
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     try:
-      return self.manager.save(step, args=args, metrics=metrics, force=force)
+      started = self.manager.save(step, args=args, metrics=metrics, force=force)
     except Exception as err:  # noqa: BLE001 - re-raised with context
       raise self._write_error(step, err) from err
+    self._writing = step if started else None
+    return started
+
+  def check(self) -> None:
+    """Raises CheckpointError as soon as a background save has failed (call once per step)."""
+    # Single process only: with several, a host-local view could stop one process alone; there
+    # the next save (which waits for this one on every process) reports the failure.
+    if (self._writing is not None and jax.process_count() == 1
+        and not self.manager.is_saving_in_progress()):
+      self.wait()  # the save has ended: cheap, and raises its error if it failed
 
   def wait(self) -> None:
     """Blocks until pending saves are committed."""
     try:
       self.manager.wait_until_finished()
+      self.manager.check_for_errors()
     except Exception as err:  # noqa: BLE001 - re-raised with context
-      raise self._write_error(None, err) from err
+      raise self._write_error(self._writing, err) from err
+    self._writing = None
 
   def _write_error(self, step, err) -> CheckpointError:
-    good = [s for s in self.all_steps() if s != step]
+    # What is on disk, not orbax's in-memory list: a committed step is a directory named by
+    # its number (orbax renames the temporary directory only once the write is complete).
+    good = [s for s in complete_steps(self.directory) if s != step]
+    first_line = (str(err).splitlines() or [''])[0][:300]
     return CheckpointError(
         f'writing checkpoint {"" if step is None else step} under {self.directory} failed: '
-        f'{type(err).__name__}: {err}. Previous checkpoints are intact: {good or "none"}')
+        f'{type(err).__name__}: {first_line}. Intact checkpoints: {good or "none"}; '
+        f'free space or fix permissions, then rerun the same command to resume')
 
-  def restore_latest_usable(self, abstract_state) -> tuple[Any, dict, int] | None:
-    """Restores the newest checkpoint that reads back, skipping (and setting aside) broken ones.
+  def restore_latest_usable(self, abstract_state, model_name: str = '') -> tuple[Any, dict,
+                                                                                  int] | None:
+    """Restores the newest checkpoint that reads back, setting aside damaged newer ones.
 
-    A checkpoint that does not fit the model raises at once (a config mistake, not damage). A
-    broken one (truncated or missing files) is renamed `<step>.broken` with a warning and the
-    next older one is tried; nothing is deleted. Returns None when there is no checkpoint.
+    Damage is a read failure of the checkpoint's own (I/O, format, checksum). A checkpoint that
+    reads but does not fit the model is a config mistake: CheckpointMismatchError, nothing on
+    disk touched. Damaged ones are renamed `<step>.broken` only once an older one has restored
+    (never the only ones left); when none restores, nothing is renamed and CheckpointError says
+    what failed. Returns None when there is no checkpoint at all (and none set aside).
     """
-    skipped = []
+    damaged = []
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        state, meta = self.restore(step, abstract_state)
+        state, meta = self.restore(step, abstract_state, model_name)
       except CheckpointError:
         raise
-      except Exception as err:  # noqa: BLE001 - any read failure means "damaged"
-        logging.warning('checkpoint %s/%d is unreadable (%s: %s); setting it aside and trying '
-                        'an older one', self.directory, step, type(err).__name__,
-                        str(err).splitlines()[0][:200])
-        skipped.append(step)
-        self._set_aside(step)
+      except Exception as err:  # noqa: BLE001 - a read failure after the structure matched
+        reason = f'{type(err).__name__}: {(str(err).splitlines() or [""])[0][:200]}'
+        logging.warning('checkpoint %s/%d is unreadable (%s); trying an older one',
+                        self.directory, step, reason)
+        damaged.append((step, reason))
         continue
-      if skipped:
+      for bad, _ in damaged:
+        self._set_aside(bad)
+      if damaged:
         logging.warning('resumed from step %d; skipped broken checkpoints %s (kept as '
-                        '<step>.broken)', step, skipped)
+                        '<step>%s)', step, [s for s, _ in damaged], BROKEN)
       return state, meta, step
-    if skipped:
-      raise CheckpointError(f'no usable checkpoint in {self.directory}: every one is broken '
-                            f'({skipped}, kept as <step>.broken)')
+    if damaged:
+      details = '; '.join(f'{s}: {r}' for s, r in damaged)
+      raise CheckpointError(
+          f'no usable checkpoint in {self.directory}: every one failed to read ({details}). '
+          f'Nothing was renamed. Restore them from a backup, or move the directory away to '
+          f'start from scratch')
+    aside = set_aside_checkpoints(self.directory)
+    if aside:
+      raise CheckpointError(
+          f'{self.directory} holds only set-aside damaged checkpoints ({", ".join(aside)}); '
+          f'refusing to start from scratch. To retry one, rename it back (e.g. `mv '
+          f'{aside[-1]} {aside[-1].split(".")[0]}`); to start over, move them out of '
+          f'{self.directory}')
     return None
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() == 0:
       src = os.path.join(self.directory, str(step))
       if os.path.isdir(src):
-        os.replace(src, f'{src}.broken')
+        dst, n = f'{src}{BROKEN}', 1
+        while os.path.exists(dst):  # the fallback retrains to the same step numbers
+          n += 1
+          dst = f'{src}{BROKEN}-{n}'
+        try:
+          os.rename(src, dst)
+        except OSError as err:
+          raise CheckpointError(
+              f'cannot set aside damaged checkpoint {src} ({type(err).__name__}: '
+              f'{err.strerror}); make {self.directory} writable or move {step} out of it '
+              f'by hand, then rerun') from err
     self.manager.reload()
 
-  def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
-    """Restores `step` straight into the shardings carried by `abstract_state`."""
+  def restore(self, step: int, abstract_state, model_name: str = '') -> tuple[Any, dict]:
+    """Restores `step` straight into the shardings carried by `abstract_state`.
+
+    Raises CheckpointMismatchError (naming the saved and configured models) when the saved
+    tree differs from `abstract_state` in structure or shapes; other failures propagate.
+    """
     saved = self.manager.item_metadata(step)
     if saved is not None and saved.get('state') is not None:
       target = flax.serialization.to_state_dict(abstract_state)
-      mismatch = first_shape_mismatch(_as_tree(saved['state']), target)
+      mismatch = first_shape_mismatch(_as_tree(saved['state']), target, extra_ok=False)
       if mismatch:
-        raise CheckpointError(
-            f'checkpoint {self.directory}/{step} does not fit this model/config: {mismatch}')
+        saved_model = self._saved_model(step)
+        raise CheckpointMismatchError(
+            f'checkpoint {self.directory}/{step} holds model {saved_model!r}, which does not '
+            f'fit the configured {model_name or "model"!r}: {mismatch}. Use the config it was '
+            f'trained with, or another --workdir (nothing on disk was changed)')
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored['state'], dict(restored['meta'] or {})
 
+  def _saved_model(self, step: int) -> str:
+    try:
+      meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      return str(dict(meta['meta'] or {}).get('model', 'unknown'))
+    except Exception:  # noqa: BLE001 - only for the message
+      return 'unknown'
+
   def close(self) -> None:
+    """Waits for pending saves (raising CheckpointError on failure), then closes."""
     self.wait()
     self.manager.close()
+
+
+def complete_steps(directory: str) -> list[int]:
+  """Steps of the committed checkpoints on disk (directories named by a number)."""
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return []
+  return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def set_aside_checkpoints(directory: str) -> list[str]:
+  """Names of the damaged checkpoints set aside in `directory` (`<step>.broken[-n]`)."""
+  return sorted((os.path.basename(p) for p in glob.glob(os.path.join(directory, f'*{BROKEN}*'))),
+                key=lambda n: (int(n.split('.')[0]) if n.split('.')[0].isdigit() else -1, n))
 
 
 def _as_tree(metadata) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from senet_jax.models import list_models, min_resolution, model_info
-from senet_jax.training import optim
+from senet_jax.training import config_fields, optim
 
 MIN_RESOLUTION = 32  # every registered network downsamples by 32
 
@@ -16,9 +16,13 @@ class ConfigError(ValueError):
 def validate_config(config, workdir: str, device_count: int, process_count: int,
                     eval_only: bool = False) -> None:
   """Raises ConfigError for the first invalid field (nothing has been computed yet)."""
+  problem = config_fields.check_fields(config)
+  if problem:
+    raise ConfigError(problem)
   if config.model not in list_models():
-    raise ConfigError(f'config.model={config.model!r} is not a registered model; choose one '
-                      f'of: {", ".join(list_models())}')
+    raise ConfigError(f'config.model={config.model!r} is not a registered model'
+                      f'{config_fields.suggest(config.model, list_models())} (all models: '
+                      f'python -c "import senet_jax.models as m; print(m.list_models())")')
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
     if value <= 0 or value % device_count or value % process_count:
@@ -42,10 +46,62 @@ def validate_config(config, workdir: str, device_count: int, process_count: int,
   for field, allowed in (('optimizer', optim.OPTIMIZERS), ('lr_schedule', optim.SCHEDULES),
                          ('augment', ('none', 'autoaugment', 'randaugment'))):
     if config[field] not in allowed:
-      raise ConfigError(f'config.{field}={config[field]!r}; allowed: {list(allowed)}')
+      raise ConfigError(f'config.{field}={config[field]!r}; allowed: {list(allowed)}'
+                        f'{config_fields.suggest(config[field], allowed)}')
+  if config.init_from and not os.path.exists(config.init_from):
+    raise ConfigError(f'config.init_from={config.init_from!r} does not exist (expected a '
+                      f'training workdir or a converter output)')
+  _check_workdir(workdir)
+  model_info(config.model)  # registry errors are already clear
+  check_model_kwargs(config)
+  check_data(config, eval_only)
+
+
+def _check_workdir(workdir: str) -> None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f'--workdir={workdir!r} exists and is not a directory')
-  model_info(config.model)  # registry errors are already clear
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as err:
+    raise ConfigError(f'--workdir={workdir!r} cannot be created ({err.strerror or err}); '
+                      f'choose a writable directory') from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ConfigError(f'--workdir={workdir!r} is not writable; choose a writable directory')
+
+
+def check_model_kwargs(config) -> None:
+  """Builds the model and traces its init (no compute) so bad model_kwargs fail here.
+
+  The trace runs at the smallest resolution the model accepts: shape errors of bad arguments
+  (an SE stage that does not exist, a reduction of 0) show at any resolution.
+  """
+  import jax
+  import jax.numpy as jnp
+  from senet_jax.models import create_model
+  kwargs = dict(config.model_kwargs)
+  kwargs.setdefault('conv_impl', config.conv_impl)
+  try:
+    model = create_model(config.model, num_classes=config.num_classes, **kwargs)
+    size = max(min_resolution(model), MIN_RESOLUTION)
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                      train=False))
+  except Exception as err:  # noqa: BLE001 - any failure here is the arguments' fault
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:400]
+    raise ConfigError(f'config.model_kwargs (or config.conv_impl) do not build '
+                      f'{config.model!r}: {first}') from None
+
+
+def check_data(config, eval_only: bool = False) -> None:
+  """Opens the train and eval splits so a missing dataset or split fails before compute."""
+  from senet_jax.data import pipeline
+  splits = [('eval_split', config.eval_split)]
+  if not eval_only:
+    splits.insert(0, ('train_split', config.train_split))
+  for field, split in splits:
+    try:
+      pipeline.open_source(config.dataset, split, config.data_dir)
+    except ValueError as err:
+      raise ConfigError(f'{err} (config.{field})' if 'split' in str(err) else str(err)) from None
 
 
 def validate_model_input(config, model) -> None:

@@ -1,0 +1,195 @@
+"""What every field of configs/default.py accepts, as data: one checker per field.
+
+`check_fields(config)` returns the first error as 'config.<field>=<value>: <expected>'.
+Cross-field rules (batch vs devices, epochs vs steps) live in validate.py. A new config field
+needs an entry here (tests/test_config_validation.py fails otherwise).
+"""
+from __future__ import annotations
+
+import difflib
+import numbers
+import re
+from typing import Any, Callable
+
+Checker = Callable[[Any], str | None]  # None when valid, else what was expected
+
+RESIZE_METHODS = ('bilinear', 'bicubic', 'nearest', 'area', 'lanczos3', 'lanczos5', 'gaussian',
+                  'mitchellcubic')
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def integer(lo: int | None = None) -> Checker:
+  def check(v):
+    if not _is_int(v) or (lo is not None and v < lo):
+      return 'an integer' + (f' >= {lo}' if lo is not None else '')
+    return None
+  return check
+
+
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> Checker:
+  """A real number in [lo, hi] (open ends with lo_open / hi_open)."""
+  def check(v):
+    bad = (not _is_num(v) or v != v or (lo is not None and (v <= lo if lo_open else v < lo))
+           or (hi is not None and (v >= hi if hi_open else v > hi)))
+    if bad:
+      left = '(' if lo_open else '['
+      right = ')' if hi_open else ']'
+      return f'a number in {left}{"-inf" if lo is None else lo}, {"inf" if hi is None else hi}{right}'
+    return None
+  return check
+
+
+def choice(*allowed) -> Checker:
+  def check(v):
+    return None if v in allowed else f'one of {list(allowed)}' + suggest(v, allowed)
+  return check
+
+
+def boolean(v) -> str | None:
+  return None if isinstance(v, bool) else 'True or False'
+
+
+def text(allow_empty: bool = True) -> Checker:
+  def check(v):
+    if not isinstance(v, str) or (not allow_empty and not v):
+      return 'a string' + ('' if allow_empty else ' (not empty)')
+    return None
+  return check
+
+
+def optional_text(v) -> str | None:
+  return None if v is None or isinstance(v, str) else 'a string or None'
+
+
+def numbers_of(length: int | None, item: Checker, increasing: bool = False) -> Checker:
+  """A tuple/list of `length` (any if None) items each passing `item`."""
+  def check(v):
+    what = f'a sequence of {length or "any number of"} items, each {item(object()) or ""}'
+    if not isinstance(v, (tuple, list)) or (length is not None and len(v) != length):
+      return what
+    if any(item(x) for x in v) or (increasing and list(v) != sorted(v)):
+      return what + (' (increasing)' if increasing else '')
+    return None
+  return check
+
+
+def regex(v) -> str | None:
+  if not isinstance(v, str):
+    return 'a regular expression string'
+  try:
+    re.compile(v)
+  except re.error as err:
+    return f'a valid regular expression ({err})'
+  return None
+
+
+def mapping(v) -> str | None:
+  return None if hasattr(v, 'items') else 'a mapping of keyword arguments'
+
+
+def crop_fraction(v) -> str | None:
+  if _is_num(v) and (v == -1 or 0 < v <= 1):
+    return None
+  return '-1 (res / (res + 32)) or a fraction in (0, 1]'
+
+
+def crop_range(v) -> str | None:
+  if (isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_num(x) for x in v)
+      and 0 < v[0] <= v[1] <= 1):
+    return None
+  return 'two fractions (min, max) with 0 < min <= max <= 1'
+
+
+def suggest(name: Any, candidates, n: int = 3) -> str:
+  """'; did you mean X?' for the closest candidates, or ''."""
+  if not isinstance(name, str):
+    return ''
+  close = difflib.get_close_matches(name, [str(c) for c in candidates], n=n, cutoff=0.6)
+  if not close:  # timm-style names drop underscores: 'seresnet50' -> 'se_resnet50'
+    squashed = {str(c).replace('_', '').lower(): str(c) for c in candidates}
+    close = [squashed[k] for k in difflib.get_close_matches(
+        name.replace('_', '').lower(), squashed, n=n, cutoff=0.8)]
+  return f'; did you mean {" or ".join(repr(c) for c in close)}?' if close else ''
+
+
+POSITIVE_INT, NON_NEG = integer(1), number(0)
+FRACTION = number(0, 1, hi_open=True)  # [0, 1)
+
+FIELDS: dict[str, Checker] = {
+    'seed': integer(0),
+    'model': text(False),                       # registry membership checked in validate.py
+    'model_kwargs': mapping,                    # checked by building the model
+    'dtype': choice('float32', 'bfloat16'),
+    'dataset': text(False),                     # existence checked by opening it
+    'data_dir': optional_text,
+    'train_split': text(False),
+    'eval_split': text(False),
+    'num_classes': POSITIVE_INT,
+    'image_size': integer(32),                  # the networks downsample by 32
+    'eval_crop_fraction': crop_fraction,
+    'interpolation': choice(*RESIZE_METHODS),
+    'mean_rgb': numbers_of(3, number(0, 255)),
+    'std_rgb': numbers_of(3, number(0, lo_open=True)),
+    'crop_area_range': crop_range,
+    'random_flip': boolean,
+    'input_dtype': choice('float32', 'bfloat16'),
+    'augment': choice('none', 'autoaugment', 'randaugment'),
+    'randaugment_num_layers': integer(0),
+    'randaugment_magnitude': number(0, 30),
+    'mixup_alpha': NON_NEG,
+    'cutmix_alpha': NON_NEG,
+    'shuffle_buffer': POSITIVE_INT,
+    'cache_train': boolean,
+    'batch_size': POSITIVE_INT,
+    'eval_batch_size': POSITIVE_INT,
+    'grad_accum_steps': POSITIVE_INT,
+    'num_epochs': number(),
+    'num_train_steps': integer(),
+    'optimizer': text(False),                   # checked against optim.OPTIMIZERS
+    'learning_rate': number(0, lo_open=True),
+    'lr_schedule': text(False),                 # checked against optim.SCHEDULES
+    'warmup_epochs': NON_NEG,
+    'lr_decay_epochs': number(0, lo_open=True),
+    'lr_decay_factor': number(0, 1, lo_open=True),
+    'lr_step_epochs': numbers_of(None, NON_NEG, increasing=True),
+    'momentum': FRACTION,
+    'nesterov': boolean,
+    'rmsprop_decay': FRACTION,
+    'rmsprop_epsilon': number(0, lo_open=True),
+    'weight_decay': NON_NEG,
+    'weight_decay_exclude': regex,
+    'label_smoothing': FRACTION,
+    'grad_clip_norm': NON_NEG,
+    'ema_decay': FRACTION,
+    'ema_warmup': boolean,
+    'log_every_steps': POSITIVE_INT,
+    'eval_every_epochs': number(),              # <= 0: only at the end
+    'checkpoint_every_steps': POSITIVE_INT,
+    'keep_checkpoints': POSITIVE_INT,           # 0 could leave a run with no checkpoint
+    'keep_best_checkpoint': boolean,
+    'init_from': text(),                        # existence checked in validate.py
+    'init_from_exclude': numbers_of(None, text(False)),
+    'profile': boolean,
+    'conv_impl': text(False),                   # checked by building the model
+    'compilation_cache_dir': text(),
+    'allow_config_change': boolean,
+}
+
+
+def check_fields(config) -> str | None:
+  """The first 'config.<field>=<value>: expected ...' error, or None."""
+  for field, checker in FIELDS.items():
+    if field not in config:
+      continue  # variant configs may drop a field; train.py's own reads then fail loudly
+    problem = checker(config[field])
+    if problem:
+      return f'config.{field}={config[field]!r}: expected {problem}'
+  return None
