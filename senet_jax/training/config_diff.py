@@ -35,9 +35,7 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
     for key, value in tree.items():
       out.update(_flatten(value, f'{prefix}{key}.'))
     return out
-  if isinstance(tree, (list, tuple)):
-    return {prefix[:-1]: [_normalise(v) for v in tree]}
-  return {prefix[:-1]: _normalise(tree)}
+  return {prefix[:-1]: tree}
 
 
 def _normalise(value):
@@ -51,8 +49,8 @@ def _normalise(value):
 def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
   """{field: (saved value, new value)} for every field that differs (dotted names)."""
   old, new = _flatten(saved), _flatten(current)
-  return {k: (old.get(k, '<absent>'), new.get(k, '<absent>'))
-          for k in sorted(set(old) | set(new)) if old.get(k, '<absent>') != new.get(k, '<absent>')}
+  pairs = {k: (old.get(k, '<absent>'), new.get(k, '<absent>')) for k in sorted(set(old) | set(new))}
+  return {k: (a, b) for k, (a, b) in pairs.items() if _normalise(a) != _normalise(b)}
 
 
 def is_harmless(field: str) -> bool:
