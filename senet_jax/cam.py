@@ -15,13 +15,26 @@ from senet_jax.utils import xla_flags
 
 
 def run(checkpoint: str, paths: list[str], output: str, method: str = 'gradcam',
-        class_index: int | None = None) -> list[str]:
-  """Writes one overlay per image; returns their paths."""
+        class_index: int | None = None, errors: list[str] | None = None) -> list[str]:
+  """Writes one overlay per image; returns their paths.
+
+  Files that are missing, not images or too large are skipped with a line appended to
+  `errors` (given) or raise loading.ImageError (not given).
+  """
   import jax
   import numpy as np
   from senet_jax.analysis import cam, loading
   loaded = loading.load(checkpoint)
-  images, shown = loading.preprocess_files(paths, loaded)
+  if class_index is not None and not 0 <= class_index < loaded.num_classes:
+    raise ValueError(f'--class_index={class_index}: the model has {loaded.num_classes} '
+                     f'classes, so it must be in 0..{loaded.num_classes - 1}')
+  images, shown, paths, bad = loading.preprocess_images(paths, loaded)
+  if errors is None and bad:
+    raise loading.ImageError(bad[0])
+  if errors is not None:
+    errors.extend(bad)
+  if images is None:
+    return []
   if class_index is None:
     logits = jax.jit(lambda v, x: loaded.model.apply(v, x, train=False))(loaded.variables,
                                                                          images)
@@ -45,9 +58,19 @@ def main(argv=None) -> int:
   p.add_argument('images', nargs='+')
   args = p.parse_args(argv)
   xla_flags.configure_xla_cpu()
-  for path in run(args.checkpoint, args.images, args.output, args.method, args.class_index):
+  from senet_jax.analysis.loading import CheckpointError
+  errors = []
+  try:
+    written = run(args.checkpoint, args.images, args.output, args.method, args.class_index,
+                  errors)
+  except (CheckpointError, ValueError) as err:
+    print(f'error: {err}', file=sys.stderr)
+    return 2
+  for path in written:
     print(f'wrote {path}')
-  return 0
+  for error in errors:  # the other images were still processed
+    print(f'error: {error}', file=sys.stderr)
+  return 1 if errors else 0
 
 
 if __name__ == '__main__':

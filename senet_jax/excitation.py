@@ -51,7 +51,11 @@ def main(argv=None) -> int:
   p.add_argument('--output', required=True, help='path prefix of the outputs')
   args = p.parse_args(argv)
   from senet_jax.analysis import excitation, loading
-  loaded = loading.load(args.checkpoint)
+  try:
+    loaded = loading.load(args.checkpoint)
+  except loading.CheckpointError as err:
+    print(f'error: {err}', file=sys.stderr)
+    return 2
   blocks = [b for b in args.blocks.split(',') if b] or None
   classes = [int(c) for c in args.classes.split(',') if c] or None
   stats = excitation.collect(loaded.model, loaded.variables,

@@ -14,30 +14,54 @@ from senet_jax.utils import xla_flags
 
 
 def predict(checkpoint: str, paths: list[str], top: int = 5) -> list[list[tuple[str, float]]]:
-  """For each image, the `top` (class name, probability) pairs."""
+  """For each image, the `top` (class name, probability) pairs (ImageError for a bad file)."""
+  results, errors = predict_each(checkpoint, paths, top)
+  if errors:
+    from senet_jax.analysis.loading import ImageError
+    raise ImageError(errors[0])
+  return [results[p] for p in paths]
+
+
+def predict_each(checkpoint: str, paths: list[str], top: int = 5, max_pixels: int | None = None
+                 ) -> tuple[dict[str, list[tuple[str, float]]], list[str]]:
+  """({path: top pairs} for the usable images, one error line per file that is not)."""
   import jax
   import numpy as np
   from senet_jax.analysis import loading
   loaded = loading.load(checkpoint)
-  images, _ = loading.preprocess_files(paths, loaded)
+  images, _, kept, errors = loading.preprocess_images(paths, loaded,
+                                                      max_pixels or loading.MAX_PIXELS)
+  if images is None:
+    return {}, errors
   logits = jax.jit(lambda v, x: loaded.model.apply(v, x, train=False))(loaded.variables, images)
   probs = np.asarray(jax.nn.softmax(logits, axis=-1))
   names = loading.class_names(loaded.num_classes)
-  return [[(names[i], float(p[i])) for i in np.argsort(-p)[:top]] for p in probs]
+  return {path: [(names[i], float(p[i])) for i in np.argsort(-p)[:top]]
+          for path, p in zip(kept, probs)}, errors
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--checkpoint', required=True)
   p.add_argument('--top', type=int, default=5)
+  p.add_argument('--max_pixels', type=int, default=None,
+                 help='refuse images whose header claims more pixels (default 40 million)')
   p.add_argument('images', nargs='+')
   args = p.parse_args(argv)
   xla_flags.configure_xla_cpu()
-  for path, preds in zip(args.images, predict(args.checkpoint, args.images, args.top)):
+  from senet_jax.analysis.loading import CheckpointError
+  try:
+    results, errors = predict_each(args.checkpoint, args.images, args.top, args.max_pixels)
+  except CheckpointError as err:
+    print(f'error: {err}', file=sys.stderr)
+    return 2
+  for path, preds in results.items():
     print(path)
     for name, prob in preds:
       print(f'  {100 * prob:6.2f}%  {name}')
-  return 0
+  for error in errors:  # the other images were still predicted
+    print(f'error: {error}', file=sys.stderr)
+  return 1 if errors else 0
 
 
 if __name__ == '__main__':

@@ -83,16 +83,80 @@ def class_names(num_classes: int) -> list[str]:
   return [f'class {i}' for i in range(num_classes)]
 
 
-def preprocess_files(paths: list[str], loaded: Loaded) -> tuple[np.ndarray, np.ndarray]:
-  """(normalised batch, uint8 resized crops for display) with the checkpoint's eval transform."""
+MAX_PIXELS = 40_000_000  # a 40 MP photo; a decompression bomb claims far more in its header
+
+
+class ImageError(ValueError):
+  """An input image cannot be used; the message names the file."""
+
+
+def read_image_bytes(path: str, max_pixels: int = MAX_PIXELS) -> bytes:
+  """The file's bytes once its header says it is an image of at most `max_pixels` pixels.
+
+  The size comes from the header (PIL reads only that), so a small file that would expand
+  to gigabytes is refused before anything is decoded.
+  """
+  import io
+  from PIL import Image
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except OSError as err:
+    raise ImageError(f'{path}: cannot read it ({err.strerror or err})') from None
+  limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # we check the size below
+  try:
+    with Image.open(io.BytesIO(data)) as image:  # reads the header only
+      (width, height), kind = image.size, image.format
+  except Exception:  # noqa: BLE001 - PIL raises several types for non-images
+    raise ImageError(f'{path}: not an image (expected JPEG, PNG, GIF or BMP)') from None
+  finally:
+    Image.MAX_IMAGE_PIXELS = limit
+  if width * height > max_pixels:
+    raise ImageError(f'{path}: {kind} of {width}x{height} pixels exceeds the limit of '
+                     f'{max_pixels:,} pixels (refused before decoding; raise --max_pixels if '
+                     f'it is genuine)')
+  if kind not in ('JPEG', 'PNG', 'GIF', 'BMP'):
+    raise ImageError(f'{path}: {kind} images are not supported (expected JPEG, PNG, GIF or BMP)')
+  return data
+
+
+def preprocess_images(paths: list[str], loaded: Loaded, max_pixels: int = MAX_PIXELS
+                      ) -> tuple[np.ndarray | None, np.ndarray | None, list[str], list[str]]:
+  """Like preprocess_files, but a bad file is reported and skipped, not fatal.
+
+  Returns (batch, shown, paths kept, one error line per skipped file); batch and shown are
+  None when no file could be used.
+  """
   import tensorflow as tf
   from senet_jax.data import preprocess
-  batch, shown = [], []
+  batch, shown, kept, errors = [], [], [], []
   for path in paths:
-    with open(path, 'rb') as f:
-      image = preprocess.decode_image(tf.constant(f.read()))
+    try:
+      data = read_image_bytes(path, max_pixels)
+      try:
+        image = preprocess.decode_image(tf.constant(data))
+      except tf.errors.OpError as err:
+        raise ImageError(f'{path}: cannot decode it ({err.message.splitlines()[0][:200]})'
+                         ) from None
+    except ImageError as err:
+      errors.append(str(err))
+      continue
     image = preprocess.eval_image(image, loaded.image_size, loaded.interpolation,
                                   loaded.eval_crop_fraction)
     shown.append(np.asarray(tf.cast(tf.round(image), tf.uint8)))
     batch.append(np.asarray(preprocess.normalize(image, loaded.mean_rgb, loaded.std_rgb)))
-  return np.stack(batch), np.stack(shown)
+    kept.append(path)
+  if not kept:
+    return None, None, kept, errors
+  return np.stack(batch), np.stack(shown), kept, errors
+
+
+def preprocess_files(paths: list[str], loaded: Loaded) -> tuple[np.ndarray, np.ndarray]:
+  """(normalised batch, uint8 resized crops for display) with the checkpoint's eval transform.
+
+  Raises ImageError naming the first file that is missing, not an image or too large.
+  """
+  batch, shown, _, errors = preprocess_images(paths, loaded)
+  if errors:
+    raise ImageError(errors[0])
+  return batch, shown

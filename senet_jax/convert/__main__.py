@@ -30,8 +30,8 @@ def read_state_dict(path: str, allow_pickle: bool = False) -> dict:
   if not os.path.isfile(path):
     raise core.ConversionError(f'--input {path!r} does not exist')
   if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file
-    return load_file(path)
+    from senet_jax.convert.safe_read import load_safetensors
+    return load_safetensors(path)
   if path.endswith(PICKLE_SUFFIXES):
     if not allow_pickle:
       raise core.ConversionError(
