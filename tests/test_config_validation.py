@@ -108,6 +108,7 @@ def test_defaults_and_every_config_file_pass():
     (dict(model_kwargs=dict(se_gate='foo')), 'config.model_kwargs.*foo'),
     (dict(model_kwargs=dict(se_stages=(9,))), 'config.model_kwargs'),
     (dict(eval_split='valid'), r"split 'valid'.*config.eval_split"),
+    (dict(dataset='senet_digit'), "not a TFDS dataset; did you mean 'senet_digits'"),
     (dict(init_from='/no/such/dir'), 'config.init_from'),
 ])
 def test_validate_config_names_the_field(digits_dir, tmp_path, overrides, message):

@@ -24,6 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from senet_jax.data import augment, preprocess
+from senet_jax.utils.names import suggest
 
 _MAGIC = (b'\xff\xd8', b'\x89PNG', b'GIF8', b'BM')
 
@@ -37,17 +38,20 @@ def open_source(dataset: str, split: str, data_dir: str | None = None):
   else:
     try:
       builder = tfds.builder(dataset, data_dir=data_dir)
-    except Exception as err:  # DatasetNotFoundError and friends
-      raise ValueError(f"config.dataset={dataset!r}: not a TFDS dataset ({err})") from err
+    except Exception as err:  # DatasetNotFoundError and friends (its message is ~9000 chars)
+      hint = suggest(dataset.split('/')[0], [*tfds.list_builders(), 'senet_digits'])
+      raise ValueError(f'config.dataset={dataset!r}: not a TFDS dataset{hint} '
+                       f'({type(err).__name__})') from None
     if not builder.is_prepared():
       raise ValueError(
-          f'config.dataset={dataset!r} is not prepared in data_dir={builder.data_dir!r}. '
+          f'config.dataset={dataset!r} is not prepared in config.data_dir={builder.data_dir!r}. '
           f'Prepare it first, in ArrayRecord format: `tfds build {dataset} --data_dir=DIR '
           f'--file_format=array_record` (ImageNet: add --manual_dir=DIR_WITH_TARS)')
   splits = list(builder.info.splits)
   base_split = split.split('[')[0]
   if base_split not in splits:
-    raise ValueError(f'split {split!r} of {dataset!r} does not exist; splits: {splits}')
+    raise ValueError(f'split {split!r} of {dataset!r} does not exist{suggest(base_split, splits)}'
+                     f' (splits: {splits})')
   try:
     return builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   except NotImplementedError as err:

@@ -7,6 +7,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from senet_jax.utils.names import suggest
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
@@ -48,7 +50,8 @@ def list_models() -> list[str]:
 def model_info(name: str) -> ModelInfo:
   """The `ModelInfo` of a registered model; unknown names raise a ValueError listing them all."""
   if name not in _REGISTRY:
-    raise ValueError(f'unknown model {name!r}; registered models: {", ".join(list_models())}')
+    raise ValueError(f'unknown model {name!r}{suggest(name, list_models())} (registered '
+                     f'models: {", ".join(list_models())})')
   return _REGISTRY[name]
 
 
@@ -75,7 +78,9 @@ def create_model(name: str, *, num_classes: int = 1000, dtype: Any = jnp.float32
   fields = {f.name for f in dataclasses.fields(info.module_cls)} - {'parent', 'name'}
   unknown = sorted(set(overrides) - fields)
   if unknown:
-    raise ValueError(f'{name}: unknown model field(s) {unknown}; valid fields: {sorted(fields)}')
+    hints = ''.join(suggest(u, fields) for u in unknown)
+    raise ValueError(f'{name}: unknown model field(s) {unknown}{hints} (valid fields: '
+                     f'{sorted(fields)})')
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}')
   kwargs = {**info.kwargs, **overrides, 'num_classes': num_classes, 'dtype': dtype}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from senet_jax.training.config_fields import suggest
+from senet_jax.utils.names import suggest
 
 
 def _chain(err: BaseException) -> list[BaseException]:

@@ -6,10 +6,11 @@ needs an entry here (tests/test_config_validation.py fails otherwise).
 """
 from __future__ import annotations
 
-import difflib
 import numbers
 import re
 from typing import Any, Callable
+
+from senet_jax.utils.names import suggest
 
 Checker = Callable[[Any], str | None]  # None when valid, else what was expected
 
@@ -106,18 +107,6 @@ def crop_range(v) -> str | None:
       and 0 < v[0] <= v[1] <= 1):
     return None
   return 'two fractions (min, max) with 0 < min <= max <= 1'
-
-
-def suggest(name: Any, candidates, n: int = 3) -> str:
-  """'; did you mean X?' for the closest candidates, or ''."""
-  if not isinstance(name, str):
-    return ''
-  close = difflib.get_close_matches(name, [str(c) for c in candidates], n=n, cutoff=0.6)
-  if not close:  # timm-style names drop underscores: 'seresnet50' -> 'se_resnet50'
-    squashed = {str(c).replace('_', '').lower(): str(c) for c in candidates}
-    close = [squashed[k] for k in difflib.get_close_matches(
-        name.replace('_', '').lower(), squashed, n=n, cutoff=0.8)]
-  return f'; did you mean {" or ".join(repr(c) for c in close)}?' if close else ''
 
 
 POSITIVE_INT, NON_NEG = integer(1), number(0)
