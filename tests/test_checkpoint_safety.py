@@ -128,7 +128,7 @@ def test_background_save_failure_names_its_step_and_what_is_intact(tmp_path, mon
   d = str(tmp_path / 'ckpt')
   _fail_writing_step(monkeypatch, 6)
   with pytest.raises(ckpt_lib.CheckpointError,
-                     match=r'writing checkpoint 6 .*No space left.*Intact checkpoints: \[3\]'):
+                     match=r'writing checkpoint 6 .*No space left.*intact: \[3\]'):
     _save_steps(d, [3, 6, 9], _state(a=3000))
 
 
@@ -136,7 +136,7 @@ def test_training_stops_before_the_next_checkpoint_after_a_failed_save(digits_di
                                                                        monkeypatch):
   _fail_writing_step(monkeypatch, 3)
   workdir = str(tmp_path / 'run')
-  with pytest.raises(ckpt_lib.CheckpointError, match=r'writing checkpoint 3 .*Intact .*none'):
+  with pytest.raises(ckpt_lib.CheckpointError, match=r'writing checkpoint 3 .*intact: none'):
     train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=12), workdir)
   assert ckpt_lib.complete_steps(os.path.join(workdir, 'checkpoints')) == []
   assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))  # released

@@ -136,7 +136,7 @@ class Checkpointer:
     first_line = (str(err).splitlines() or [''])[0][:300]
     return CheckpointError(
         f'writing checkpoint {"" if step is None else step} under {self.directory} failed: '
-        f'{type(err).__name__}: {first_line}. Intact checkpoints: {good or "none"}; '
+        f'{type(err).__name__}: {first_line}. Previous checkpoints are intact: {good or "none"}; '
         f'free space or fix permissions, then rerun the same command to resume')
 
   def restore_latest_usable(self, abstract_state, model_name: str = '') -> tuple[Any, dict,

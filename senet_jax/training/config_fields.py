@@ -41,9 +41,9 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
     bad = (not _is_num(v) or v != v or (lo is not None and (v <= lo if lo_open else v < lo))
            or (hi is not None and (v >= hi if hi_open else v > hi)))
     if bad:
-      left = '(' if lo_open else '['
-      right = ')' if hi_open else ']'
-      return f'a number in {left}{"-inf" if lo is None else lo}, {"inf" if hi is None else hi}{right}'
+      low = f'{"(" if lo_open else "["}{"-inf" if lo is None else lo}'
+      high = f'{"inf" if hi is None else hi}{")" if hi_open else "]"}'
+      return f'a number in {low}, {high}'
     return None
   return check
 
