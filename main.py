@@ -68,6 +68,9 @@ def _hide_accelerators_from_tensorflow() -> None:
 
 def _init_distributed() -> None:
   import jax
+  if FLAGS.coordinator_address or FLAGS.distributed:
+    # JAX's preemption notifier owns SIGTERM from here on (see training/preemption.py).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
   if FLAGS.coordinator_address:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)

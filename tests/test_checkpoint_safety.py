@@ -73,6 +73,14 @@ def test_only_set_aside_checkpoints_left_is_an_error_not_a_fresh_start(tmp_path)
     ckpt_lib.Checkpointer(d).restore_latest_usable(_abstract(_state(a=3000)))
 
 
+def test_reading_a_damaged_checkpoint_for_analysis_is_one_error_naming_it(tmp_path):
+  d = str(tmp_path / 'ckpt')
+  _save_steps(d, [5], _state(a=3000))
+  _corrupt(d, 5)
+  with pytest.raises(ckpt_lib.CheckpointError, match=r'checkpoint .*/ckpt/5 is unreadable'):
+    ckpt_lib.load_params(d)
+
+
 # ---- 4. Set-aside names never collide; an unwritable directory is a message -----------------
 
 def test_setting_aside_twice_at_the_same_step_does_not_collide(tmp_path):
@@ -206,11 +214,20 @@ def test_sigterm_during_imports_exits_42(tmp_path, digits_dir):
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
 
-def test_unknown_field_exits_2_with_a_suggestion(tmp_path, digits_dir):
-  run = subprocess.run(main_cmd(str(tmp_path / 'run'), digits_dir, '--config.batch_sise=32'),
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize('flag,message', [
+    ('--config.batch_sise=32', 'error: --config.batch_sise is not a field of '
+     'tests/helpers/tiny_config.py; did you mean --config.batch_size?'),
+    ('--config.model_kwargs.se_stages=(1,)', 'error: --config.model_kwargs.se_stages is not a '
+     'field of tests/helpers/tiny_config.py; tests/helpers/tiny_config.py does not expose it'),
+    ('--config=configs/no_such.py', "error: --config=configs/no_such.py: cannot load it ([Errno "
+     "2] No such file or directory"),
+    ('--config.model=seresnet18', "error: bad config: config.model='seresnet18' is not a "
+     "registered model; did you mean 'se_resnet18'"),
+])
+def test_cli_config_mistakes_exit_2_in_one_line(tmp_path, digits_dir, flag, message):
+  run = subprocess.run(main_cmd(str(tmp_path / 'run'), digits_dir, flag), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
   assert run.returncode == 2, run.stderr[-2000:]
-  assert run.stderr.strip().splitlines()[-1] == (
-      'error: --config.batch_sise is not a field of tests/helpers/tiny_config.py; did you mean '
-      '--config.batch_size?')
+  errors = [line for line in run.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and errors[0].startswith(message), errors
   assert 'Traceback' not in run.stderr

@@ -31,6 +31,15 @@ class CheckpointMismatchError(CheckpointError, ConfigError):
 BROKEN = '.broken'  # suffix of set-aside (damaged) checkpoint directories
 
 
+def _not_missing_metrics_note(record) -> bool:
+  # best_fn (set so that metrics reach the disk) makes orbax warn at every save without eval
+  # metrics; those saves are meant to have none.
+  return 'did not provide metrics' not in str(record.msg)
+
+
+logging.getLogger('absl').addFilter(_not_missing_metrics_note)
+
+
 def _key_name(entry) -> str:
   for attr in ('key', 'idx', 'name'):
     if hasattr(entry, attr):
@@ -268,11 +277,15 @@ def load_params(directory: str) -> dict:
     if step is None:
       continue
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    saved = _as_tree(manager.item_metadata(step)['state'])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          saved, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
+    try:
+      saved = _as_tree(manager.item_metadata(step)['state'])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            saved, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
+      state = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))['state']
+    except Exception as err:  # noqa: BLE001 - damaged files: one line naming the checkpoint
+      raise CheckpointError(f'checkpoint {candidate}/{step} is unreadable ({type(err).__name__}: '
+                            f'{(str(err).splitlines() or [""])[0][:200]})') from None
     return {k: jax.tree.map(np.asarray, state[k]) for k in ('params', 'batch_stats')
             if k in state}
   raise CheckpointError(f'no checkpoint found under {directory!r} (config.init_from)')

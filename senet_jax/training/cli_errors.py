@@ -14,12 +14,14 @@ def _chain(err: BaseException) -> list[BaseException]:
 
 
 def _config_path(argv: list[str]) -> str:
+  """The config file named on the command line (the last one wins, as in absl)."""
+  path = ''
   for i, arg in enumerate(argv):
     if arg.startswith('--config='):
-      return arg.split('=', 1)[1]
-    if arg == '--config' and i + 1 < len(argv):
-      return argv[i + 1]
-  return ''
+      path = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      path = argv[i + 1]
+  return path
 
 
 def _override_named(key: str, argv: list[str]) -> str:
