@@ -1,5 +1,6 @@
 """Evaluation suite: metrics by hand, every shipped evaluator on local TFDS copies, multi-host
 padding, flip TTA, the resolution / crop sweep."""
+import csv
 import dataclasses
 import math
 import os
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import fake_eval_sets as fake
-from senet_jax import evaluation
+from senet_jax import evaluation, validate
 from senet_jax.evaluation import metrics
 from senet_jax.training.validate import ConfigError
 
@@ -175,7 +176,7 @@ def test_every_shipped_evaluator_on_a_local_copy(eval_sets, name):
   assert results['loss'] == pytest.approx(_reference_nll(restricted, range(N), idx), rel=1e-4)
 
 
-@pytest.mark.parametrize('process_count', [2, 3])
+@pytest.mark.parametrize('process_count', [3])
 def test_uneven_split_over_processes_counts_every_example_once(eval_sets, process_count):
   data_dir, sets = eval_sets
   spec, table, _ = sets['real']
@@ -202,26 +203,60 @@ def test_flip_tta_end_to_end(eval_sets):
       float(np.mean([-np.log(mean[i, l]) for i, l in enumerate(labels)])), rel=1e-4)
 
 
-def test_resolution_and_crop_sweep_reports_the_best(tmp_path):
-  spec = evaluation.EvalSpec('sweep', 'imagenet_sketch', 'test')
-  # Border rows 0..6 (half right at 32 px), center 16x16 rows 7..13 (all right at 32 px);
-  # at 16 px another table where every row is wrong.
+@pytest.fixture(scope='module')
+def sweep_set(tmp_path_factory):
+  """A Sketch copy where the 16x16 center shows other rows than the border, and tables by size.
+
+  Border rows 0..6 (right for even examples at 32 px), center rows 7..13 (all right at 32 px);
+  at 16 px every row is wrong.
+  """
+  data_dir = str(tmp_path_factory.mktemp('sweep_tfds'))
   labels = list(range(10, 10 + N))
   examples = [{'image': fake.gray(i, center_row=N + i), 'label': labels[i]} for i in range(N)]
-  fake.build(str(tmp_path), spec.dataset, spec.split, examples)
+  fake.build(data_dir, 'imagenet_sketch', 'test', examples)
   at32, at16 = np.zeros((2 * N, 1000), np.float32), np.zeros((2 * N, 1000), np.float32)
   for i, label in enumerate(labels):
     at32[i, label if i % 2 == 0 else 999] = 5
     at32[N + i, label] = 5
     at16[[i, N + i], 999] = 5
-  model = fake.Oracle({32: at32, 16: at16})
-  rows = evaluation.sweep(spec, model, RAW, NO_PARAMS, [16, 32], [1.0, 0.5], num_classes=1000,
-                          batch_size=4, data_dir=str(tmp_path))
+  return data_dir, {32: at32, 16: at16}
+
+
+def test_resolution_and_crop_sweep_reports_the_best(sweep_set):
+  data_dir, tables = sweep_set
+  spec = evaluation.EvalSpec('sweep', 'imagenet_sketch', 'test')
+  rows = evaluation.sweep(spec, fake.Oracle(tables), RAW, NO_PARAMS, [16, 32], [1.0, 0.5],
+                          num_classes=1000, batch_size=4, data_dir=data_dir)
   grid = {(r['image_size'], r['crop_pct']): r['top1'] for r in rows}
   assert grid == pytest.approx({(16, 1.0): 0, (16, 0.5): 0, (32, 1.0): 4 / 7, (32, 0.5): 1})
   best = evaluation.best(rows)
   assert (best['image_size'], best['crop_pct']) == (32, 0.5)
   assert all(r['images_per_second'] > 0 for r in rows)
+
+
+def test_validate_cli_writes_timm_columns(sweep_set, tmp_path, monkeypatch, capsys):
+  data_dir, tables = sweep_set
+  weights = validate.Weights('ckpt/oracle', 'oracle', fake.Oracle(tables, with_bias=True),
+                             {'params': {'bias': np.zeros(1000, np.float32)}}, 1000, RAW,
+                             {'dataset': 'imagenet_sketch', 'eval_split': 'test'})
+  monkeypatch.setattr(validate, 'load_weights', lambda **kw: weights)
+  out = str(tmp_path / 'results.csv')
+  args = ['--checkpoint=ckpt/oracle', f'--data_dir={data_dir}', '--resolutions=32',
+          '--crops=1.0,0.5', '--batch_size=4', f'--output={out}']
+  assert validate.main(args) == 0
+  with open(out) as f:
+    rows = list(csv.DictReader(f))
+  timm_columns = ['model', 'img_size', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count',
+                  'crop_pct', 'interpolation']
+  assert list(rows[0])[:len(timm_columns)] == timm_columns
+  assert [(r['img_size'], r['crop_pct']) for r in rows] == [('32', '1.0'), ('32', '0.5')]
+  r = rows[0]  # 32 px, full image: 4 of 7 right, in percent as timm writes them
+  assert (r['top1'], r['top1_err'], r['interpolation']) == ('57.143', '42.857', 'bilinear')
+  assert (r['param_count'], r['gmacs'], r['num_examples']) == ('0.0', '0.0', '7')
+  assert [row['best'] for row in rows] == ['0', '1']
+  assert rows[1]['evaluator'] == 'imagenet_sketch' and rows[1]['top1'] == '100.0'
+  assert validate.main(args[:-1] + ['--evals=nope', f'--output={out}']) == 2
+  assert "unknown evaluator 'nope'" in capsys.readouterr().err
 
 
 def _config(**kw):
