@@ -12,7 +12,8 @@ preprocessing; or `--model=NAME` for randomly initialised weights (speed / size 
 results-CSV columns (model, img_size, top1, top1_err, top5, top5_err, param_count [millions],
 crop_pct, interpolation; accuracies in %) so the two tables join on them, then ours: weights,
 evaluator, dataset, split, flip_tta, nll, ece (%, 15 bins), num_examples, gmacs,
-infer_samples_per_sec (end to end with input, first batch excluded), best (1 on the best
+infer_samples_per_sec (the compiled eval step on one resident batch, as timm's benchmark
+times the model), best (1 on the best
 top-1 (resolution, crop) of each weights x evaluator). Multi-process runs shard every split
 exactly as training does; process 0 writes the CSV.
 """
@@ -117,7 +118,7 @@ def rows_for(weights: Weights, spec, resolutions, crops, batch_size: int,
         crop_pct=round(p['crop_pct'], 4), interpolation=weights.prep.interpolation,
         weights=weights.name, evaluator=spec.name, dataset=spec.dataset, split=spec.split,
         flip_tta=int(spec.flip), nll=round(p['loss'], 4), ece=round(100 * p['ece'], 3),
-        num_examples=int(p['num_examples']), gmacs=round(macs / 1e9, 4),
+        num_examples=int(p['num_examples']), gmacs=float(f'{macs / 1e9:.4g}'),
         infer_samples_per_sec=round(p['images_per_second'], 1), best=int(p is best)))
   return rows
 

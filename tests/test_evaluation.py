@@ -5,6 +5,7 @@ import dataclasses
 import math
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -19,15 +20,27 @@ RAW = evaluation.Preprocessing(fake.SIZE, 1.0, 'bilinear', (0.0,) * 3, (1.0,) * 
 N = 7  # examples per fake set: uneven for every batch and process count used here
 
 
+def _suite(logits, labels, mask, subset=None):
+  """Per-example outputs and computed SuiteMetrics, in one compiled call (eager is slow)."""
+  def f(logits, labels, mask):
+    out = metrics.outputs(logits, labels, mask, subset)
+    return out, metrics.SuiteMetrics.single_from_model_output(**out).compute()
+  return jax.jit(f)(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask, jnp.float32))
+
+
+@jax.jit
+def _ece(conf, top1, mask):
+  return metrics.Calibration.from_model_output(conf, top1, mask)
+
+
 def test_ece_fifteen_bins_by_hand():
   conf = jnp.array([0.95, 0.95, 0.5, 0.25, 0.9])
   top1, mask = jnp.array([1.0, 0, 1, 0, 1]), jnp.array([1.0, 1, 1, 1, 0])
   # bins (b/15, (b+1)/15]: 0.95 -> 14, 0.5 -> 7, 0.25 -> 3; the last example is masked.
   # ECE = 2/4 |0.5 - 0.95| + 1/4 |1 - 0.5| + 1/4 |0 - 0.25| = 0.225 + 0.125 + 0.0625
-  whole = metrics.Calibration.from_model_output(conf, top1, mask)
+  whole = _ece(conf, top1, mask)
   assert float(whole.compute()) == pytest.approx(0.4125, abs=1e-6)
-  halves = metrics.Calibration.from_model_output(conf[:2], top1[:2], mask[:2]).merge(
-      metrics.Calibration.from_model_output(conf[2:], top1[2:], mask[2:]))
+  halves = _ece(conf[:2], top1[:2], mask[:2]).merge(_ece(conf[2:], top1[2:], mask[2:]))
   assert float(halves.compute()) == pytest.approx(0.4125, abs=1e-6)
   np.testing.assert_array_equal(metrics.bin_index(jnp.array([0.0, 0.05, 0.07, 0.5, 1.0])),
                                 [0, 0, 1, 7, 14])
@@ -35,10 +48,9 @@ def test_ece_fifteen_bins_by_hand():
 
 def test_confidence_and_nll_of_int_labels():
   logits = jnp.array([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])  # p = (0.25, 0.75)
-  out = metrics.outputs(logits, jnp.array([1, 0]), jnp.ones(2))
+  out, m = _suite(logits, [1, 0], [1, 1])
   np.testing.assert_allclose(out['confidence'], [0.75, 0.75], rtol=1e-6)
   np.testing.assert_allclose(out['loss'], [-math.log(0.75), -math.log(0.25)], rtol=1e-6)
-  m = metrics.SuiteMetrics.single_from_model_output(**out).compute()
   # One bin (0.75): accuracy 1/2, confidence 0.75.
   assert float(m['ece']) == pytest.approx(0.25) and float(m['top1']) == 0.5
 
@@ -49,8 +61,7 @@ def test_real_two_correct_labels_and_an_unlabelled_example():
   logits[1, [7, 2]] = [4, 3]  # best 7 is wrong, second-best 2 is a label
   labels = np.zeros((3, 10), np.int32)
   labels[0, [2, 5]] = labels[1, [2, 5]] = 1  # example 2 has no label: excluded
-  out = metrics.outputs(jnp.asarray(logits), jnp.asarray(labels), jnp.ones(3))
-  m = metrics.SuiteMetrics.single_from_model_output(**out).compute()
+  _, m = _suite(logits, labels, [1, 1, 1])
   assert float(m['num_examples']) == 2 and float(m['top1']) == 0.5 and float(m['top5']) == 1
   e = math.e
   nll0 = -math.log((e + e ** 4) / (8 + e + e ** 4))          # -log P({2, 5})
@@ -72,7 +83,7 @@ def test_imagenet_r_and_a_class_subsets():
 
 def test_class_subset_restricts_logits_before_everything():
   logits = jnp.array([[9.0, 1, 0, 2, 0, 0], [9.0, 1, 0, 2, 0, 0]])
-  out = metrics.outputs(logits, jnp.array([3, 2]), jnp.ones(2), subset=[1, 3, 4])
+  out, _ = _suite(logits, [3, 2], [1, 1], subset=[1, 3, 4])
   # Class 0 (9.0) is outside the subset: the best of {1, 3, 4} is 3 = the label. Label 2 is
   # not in the subset: that example does not count.
   np.testing.assert_array_equal(out['mask'], [1, 0])
@@ -86,7 +97,7 @@ def test_flip_tta_averages_probabilities():
 
   def apply(variables, x):
     return rows[x[:, 0, 0, 0].astype(jnp.int32)]
-  averaged = metrics.flip_averaged_logits(apply, None, images)
+  averaged = jax.jit(lambda x: metrics.flip_averaged_logits(apply, None, x))(images)
   np.testing.assert_allclose(jnp.exp(averaged), [[0.6, 0.4]], rtol=1e-6)
 
 

@@ -171,7 +171,7 @@ class Evaluator:
     step = steps.make_eval_step(_FlipTTA(model) if spec.flip else model, outputs_fn,
                                 metrics.SuiteMetrics)
     self.step = jax.jit(step, out_shardings=out_sharding)
-    self.images_per_second = float('nan')  # of the last run, without the first (compile) batch
+    self.images_per_second = float('nan')  # measured by the last totals()
 
   def batches(self, process_index: int = 0, process_count: int = 1,
               device_count: int = 1) -> Iterable[dict[str, np.ndarray]]:
@@ -181,24 +181,34 @@ class Evaluator:
                                   label_key=self.spec.label_key)
 
   def totals(self, weights: Weights, to_global: Callable = lambda b: b,
-             process_index: int = 0, process_count: int = 1,
-             device_count: int = 1) -> dict[str, metrics.SuiteMetrics]:
-    """Unreduced metrics per weights prefix (they merge across processes in tests)."""
-    totals, images, start = {}, 0, None
+             process_index: int = 0, process_count: int = 1, device_count: int = 1,
+             time_it: bool = False) -> dict[str, metrics.SuiteMetrics]:
+    """Unreduced metrics per weights prefix (they merge across processes in tests).
+
+    `time_it`: afterwards also measure `images_per_second` (see _throughput).
+    """
+    totals, batch = {}, None
     for batch in self.batches(process_index, process_count, device_count):
       batch = to_global(batch)
       for prefix, params, stats in weights:
         m = self.step(params, stats, batch)
         totals[prefix] = m if prefix not in totals else totals[prefix].merge(m)
-      if start is None:  # the first batch compiles: time the rest
-        jax.block_until_ready(totals)
-        start = time.perf_counter()
-      else:
-        images += len(batch['mask']) * len(weights)
-    jax.block_until_ready(totals)
-    if images:
-      self.images_per_second = images / max(time.perf_counter() - start, 1e-9)
+    if time_it:
+      self.images_per_second = self._throughput(weights[0], batch)
     return totals
+
+  def _throughput(self, weights, batch, repeats: int = 5) -> float:
+    """Images/s of the compiled step on one resident batch (model speed, not input speed).
+
+    An eval split's few batches are too noisy to time (tf.data warm-up); timm's benchmark
+    likewise times the model on a fixed batch. A fixed count: every process makes the same
+    calls (the step is a collective on several hosts).
+    """
+    _, params, stats = weights
+    start = time.perf_counter()
+    for _ in range(repeats):
+      jax.block_until_ready(self.step(params, stats, batch))
+    return repeats * len(batch['mask']) / (time.perf_counter() - start)
 
   def run(self, weights: Weights, to_global: Callable = lambda b: b, process_index: int = 0,
           process_count: int = 1, device_count: int = 1) -> dict[str, float]:

@@ -38,7 +38,7 @@ def sweep(spec: EvalSpec, model, prep: Preprocessing, weights: Weights,
       evaluator = Evaluator(dataclasses.replace(spec, image_size=0, crop_fraction=0.0), model,
                             point, num_classes, batch_size, source=source,
                             out_sharding=out_sharding)
-      metrics = flatten(evaluator.totals(weights, **run_kwargs), '')
+      metrics = flatten(evaluator.totals(weights, time_it=True, **run_kwargs), '')
       rows.append({'image_size': int(size), 'crop_pct': effective_crop(int(size), crop),
                    'images_per_second': evaluator.images_per_second, **metrics})
   return rows
