@@ -276,6 +276,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.flush()
   if not results and start_step >= total_steps:  # already finished earlier: evaluate again
     results = evaluate(evaluators, state, config, data_sharding)
+    if eval_only:  # --mode=eval records its results like a training eval
+      writer.write_scalars(start_step, {f'eval_{k}': v for k, v in results.items()})
+      writer.flush()
+      _write_eval_json(workdir, start_step, results)
   return results
 
 

@@ -77,7 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_best_checkpoint = True    # also keep the best by eval top-1
   # Extra evaluators, comma separated (metrics '<name>_top1', 'ema_<name>_top1', ...): shipped
   # 'imagenet', 'real' (ImageNet-ReaL), 'v2', 'a', 'r', 'sketch' (senet_jax.evaluation.SHIPPED),
-  # or names defined in eval_definitions. The main eval split keeps the plain names (top1, ...).
+  # names defined in eval_definitions, or 'name=dataset:split'. The main eval split keeps the
+  # plain names (top1, ema_top1, ...).
   config.evals = ''
   # name -> dict(dataset, split, label_key, class_subset, image_size, crop_fraction, flip)
   config.eval_definitions = ml_collections.ConfigDict()

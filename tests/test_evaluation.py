@@ -284,6 +284,10 @@ def test_evals_from_config_names_and_errors():
   custom = evaluation.specs_from_config(_config(
       evals='mine', eval_definitions={'mine': dict(dataset='x', split='y', image_size=64)}))
   assert custom[1] == evaluation.EvalSpec('mine', 'x', 'y', image_size=64)
+  inline = evaluation.specs_from_config(_config(evals='tr=imagenet_v2/matched-frequency:test'))
+  assert inline[1] == evaluation.EvalSpec('tr', 'imagenet_v2/matched-frequency', 'test')
+  with pytest.raises(ConfigError, match="'name=dataset:split'"):
+    evaluation.specs_from_config(_config(evals='tr=senet_digits'))
   with pytest.raises(ConfigError, match="unknown evaluator 'nope'"):
     evaluation.specs_from_config(_config(evals='real,nope'))
   with pytest.raises(ConfigError, match='eval_definitions.mine: unknown field'):

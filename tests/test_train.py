@@ -46,6 +46,11 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
     saved = json.load(f)
   assert saved['latest']['step'] == 6 and saved['latest']['top1'] == results['top1']
   assert saved['latest']['flipped_top1'] == results['flipped_top1']
+  # --mode=eval: the same numbers from the checkpoint, recorded in eval_results.json too.
+  assert train.evaluate_only(config, workdir) == pytest.approx(results)
+  with open(os.path.join(workdir, 'eval_results.json')) as f:
+    history = json.load(f)['history']
+  assert [h['step'] for h in history] == [6, 6] and history[1] == history[0]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
 

@@ -94,12 +94,22 @@ def _spec_from_definition(name: str, definition) -> EvalSpec:
 
 
 def specs_from_config(config) -> list[EvalSpec]:
-  """The main evaluator, then those named in config.evals (shipped or config.eval_definitions)."""
+  """The main evaluator, then those in config.evals.
+
+  Each entry of the comma-separated config.evals: a shipped name (SHIPPED), a name defined in
+  config.eval_definitions, or 'name=dataset:split' (int labels, the model's preprocessing).
+  """
   flip = config.get('eval_tta', 'none') == 'flip'
   specs = [EvalSpec('', config.dataset, config.eval_split, flip=flip)]
   definitions = config.get('eval_definitions', None) or {}
   for name in [n.strip() for n in config.get('evals', '').split(',') if n.strip()]:
-    if name in definitions:
+    if '=' in name:  # 'name=dataset:split' on the command line
+      name, _, where = name.partition('=')
+      dataset, _, split = where.rpartition(':')
+      if not (name and dataset and split):
+        raise ConfigError(f"config.evals: {name}={where!r} must read 'name=dataset:split'")
+      spec = EvalSpec(name, dataset, split)
+    elif name in definitions:
       spec = _spec_from_definition(name, definitions[name])
     elif name in SHIPPED:
       spec = SHIPPED[name]
@@ -197,18 +207,20 @@ class Evaluator:
       self.images_per_second = self._throughput(weights[0], batch)
     return totals
 
-  def _throughput(self, weights, batch, repeats: int = 5) -> float:
+  def _throughput(self, weights, batch, repeats: int = 10) -> float:
     """Images/s of the compiled step on one resident batch (model speed, not input speed).
 
     An eval split's few batches are too noisy to time (tf.data warm-up); timm's benchmark
-    likewise times the model on a fixed batch. A fixed count: every process makes the same
-    calls (the step is a collective on several hosts).
+    likewise times the model on a fixed batch. The median call time resists other load on the
+    machine. A fixed count: every process makes the same calls (a collective on several hosts).
     """
     _, params, stats = weights
-    start = time.perf_counter()
+    seconds = []
     for _ in range(repeats):
+      start = time.perf_counter()
       jax.block_until_ready(self.step(params, stats, batch))
-    return repeats * len(batch['mask']) / (time.perf_counter() - start)
+      seconds.append(time.perf_counter() - start)
+    return len(batch['mask']) / max(float(np.median(seconds)), 1e-9)
 
   def run(self, weights: Weights, to_global: Callable = lambda b: b, process_index: int = 0,
           process_count: int = 1, device_count: int = 1) -> dict[str, float]:
