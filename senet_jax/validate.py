@@ -7,6 +7,7 @@ r"""`python -m senet_jax.validate`: evaluate weights and write a results CSV (ti
 
 `--checkpoint`: training workdirs or converter outputs (comma separated), each with its own
 preprocessing; or `--model=NAME` for randomly initialised weights (speed / size columns only).
+Exit status 2 for bad flags / datasets, 4 for a missing or unreadable checkpoint.
 `--evals`: 'main' (the checkpoint's own dataset and eval split) and shipped evaluators
 (senet_jax.evaluation.SHIPPED). One row per (weights, evaluator, resolution, crop) with timm's
 results-CSV columns (model, img_size, top1, top1_err, top5, top5_err, param_count [millions],
@@ -14,7 +15,8 @@ crop_pct, interpolation; accuracies in %) so the two tables join on them, then o
 evaluator, dataset, split, flip_tta, nll, ece (%, 15 bins), num_examples, gmacs,
 infer_samples_per_sec (the compiled eval step on one resident batch, as timm's benchmark
 times the model), best (1 on the best
-top-1 (resolution, crop) of each weights x evaluator). Multi-process runs shard every split
+top-1 (resolution, crop) of each weights x evaluator). Several processes (main.py's
+--coordinator_address / --num_processes / --process_id, or --distributed) shard every split
 exactly as training does; process 0 writes the CSV.
 """
 from __future__ import annotations
@@ -157,6 +159,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--flip', action='store_true', help='flip TTA (mean of probabilities)')
   p.add_argument('--batch_size', type=int, default=128, help='global eval batch')
   p.add_argument('--output', default='results.csv')
+  p.add_argument('--coordinator_address', default='', help='host:port of process 0')
+  p.add_argument('--num_processes', type=int, default=1)
+  p.add_argument('--process_id', type=int, default=0)
+  p.add_argument('--distributed', action='store_true', help='jax.distributed auto-detection')
   args = p.parse_args(argv)
   if bool(args.checkpoint) == bool(args.model):
     p.error('give exactly one of --checkpoint or --model')
@@ -168,10 +174,16 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   xla_flags.configure_xla_cpu()
   import jax
-  resolutions, crops = _ints(args.resolutions), _floats(args.crops)
+  if args.coordinator_address:  # several processes: same flags as main.py
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.num_processes, process_id=args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()
+  from senet_jax.training.checkpoint import CheckpointError
   sources = args.checkpoint.split(',') if args.checkpoint else [args.model]
   rows = []
   try:
+    resolutions, crops = _ints(args.resolutions), _floats(args.crops)
     for source in sources:
       weights = (load_weights(checkpoint=source) if args.checkpoint else
                  load_weights(model_name=source, num_classes=args.num_classes,
@@ -182,6 +194,9 @@ def main(argv=None) -> int:
   except ValueError as err:  # bad flag values, unknown datasets / splits / evaluators
     print(f'error: {err}', file=sys.stderr)
     return 2
+  except CheckpointError as err:  # no or unreadable checkpoint
+    print(f'error: {err}', file=sys.stderr)
+    return 4
   if jax.process_index() == 0:
     write_csv(args.output, rows)
     for row in rows:

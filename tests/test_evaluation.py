@@ -4,6 +4,9 @@ import csv
 import dataclasses
 import math
 import os
+import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,7 @@ from senet_jax.evaluation import metrics
 from senet_jax.training.validate import ConfigError
 
 RAW = evaluation.Preprocessing(fake.SIZE, 1.0, 'bilinear', (0.0,) * 3, (1.0,) * 3)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 7  # examples per fake set: uneven for every batch and process count used here
 
 
@@ -268,6 +272,10 @@ def test_validate_cli_writes_timm_columns(sweep_set, tmp_path, monkeypatch, caps
   assert rows[1]['evaluator'] == 'imagenet_sketch' and rows[1]['top1'] == '100.0'
   assert validate.main(args[:-1] + ['--evals=nope', f'--output={out}']) == 2
   assert "unknown evaluator 'nope'" in capsys.readouterr().err
+  assert validate.main(args[:-1] + ['--resolutions=32,big', f'--output={out}']) == 2
+  monkeypatch.undo()
+  assert validate.main([f'--checkpoint={tmp_path / "none"}', f'--output={out}']) == 4
+  assert 'no checkpoint found' in capsys.readouterr().err
 
 
 def _config(**kw):
@@ -298,3 +306,36 @@ def test_evals_from_config_names_and_errors():
     evaluation.specs_from_config(_config(eval_tta='five_crop'))
   assert evaluation.metric_key('ema_', 'real', 'top1') == 'ema_real_top1'
   assert evaluation.metric_key('ema_', '', 'top1') == 'ema_top1'
+
+
+def _validate_processes(num_processes, devices, data_dir, output):
+  """`python -m senet_jax.validate` on digits in `num_processes` local processes."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
+  procs = []
+  for pid in range(num_processes):
+    cmd = [sys.executable, '-m', 'senet_jax.validate', '--model=mobilenetv3_small_100',
+           '--num_classes=10', '--dataset=senet_digits', '--split=test', f'--data_dir={data_dir}',
+           '--resolutions=32', '--batch_size=60', f'--output={output}']
+    if num_processes > 1:
+      cmd += [f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={num_processes}',
+              f'--process_id={pid}']
+    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert [p.returncode for p in procs] == [0] * num_processes, [o[1][-2000:] for o in outs]
+  with open(output) as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.mark.multiprocess
+def test_validate_on_two_processes_counts_every_example_once(digits_dir, tmp_path):
+  # 359 examples: shards of 179 and 180, each padded to 6 local batches of 30.
+  multi = _validate_processes(2, 1, digits_dir, str(tmp_path / 'multi.csv'))
+  single = _validate_processes(1, 2, digits_dir, str(tmp_path / 'single.csv'))
+  assert len(multi) == len(single) == 1 and multi[0]['num_examples'] == '359'
+  for key in ('top1', 'top5', 'nll', 'ece', 'param_count', 'gmacs'):
+    assert float(multi[0][key]) == pytest.approx(float(single[0][key]), abs=2e-3), key
