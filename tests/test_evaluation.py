@@ -331,6 +331,7 @@ def _validate_processes(num_processes, devices, data_dir, output):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # three JAX processes compile MobileNetV3: minutes on 2 cores
 @pytest.mark.multiprocess
 def test_validate_on_two_processes_counts_every_example_once(digits_dir, tmp_path):
   # 359 examples: shards of 179 and 180, each padded to 6 local batches of 30.
