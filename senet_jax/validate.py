@@ -91,6 +91,16 @@ def eval_specs(names: list[str], weights: Weights, dataset: str, split: str, fli
   return specs
 
 
+def check_resolutions(weights: Weights, resolutions: list[int]) -> None:
+  """ValueError when a test resolution is below what the model accepts."""
+  from senet_jax.models import min_resolution
+  minimum = min_resolution(weights.model)
+  low = [r for r in resolutions if r < minimum]
+  if low:
+    raise ValueError(f'--resolutions: {low} below the minimum input of {weights.model_name} '
+                     f'({minimum} px)')
+
+
 def rows_for(weights: Weights, spec, resolutions, crops, batch_size: int,
              data_dir: str | None) -> list[dict]:
   """CSV rows of one weights x evaluator over the (resolution, crop) grid."""
@@ -188,6 +198,7 @@ def main(argv=None) -> int:
       weights = (load_weights(checkpoint=source) if args.checkpoint else
                  load_weights(model_name=source, num_classes=args.num_classes,
                               image_size=(resolutions or [0])[0]))
+      check_resolutions(weights, resolutions)
       for spec in eval_specs(args.evals.split(','), weights, args.dataset, args.split,
                              args.flip):
         rows += rows_for(weights, spec, resolutions, crops, args.batch_size, args.data_dir)

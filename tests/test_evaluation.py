@@ -273,6 +273,8 @@ def test_validate_cli_writes_timm_columns(sweep_set, tmp_path, monkeypatch, caps
   assert validate.main(args[:-1] + ['--evals=nope', f'--output={out}']) == 2
   assert "unknown evaluator 'nope'" in capsys.readouterr().err
   assert validate.main(args[:-1] + ['--resolutions=32,big', f'--output={out}']) == 2
+  assert validate.main(args[:-1] + ['--resolutions=16', f'--output={out}']) == 2
+  assert 'below the minimum input of oracle (32 px)' in capsys.readouterr().err
   monkeypatch.undo()
   assert validate.main([f'--checkpoint={tmp_path / "none"}', f'--output={out}']) == 4
   assert 'no checkpoint found' in capsys.readouterr().err
