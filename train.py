@@ -20,6 +20,7 @@ import numpy as np
 from clu import metric_writers, periodic_actions
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from senet_jax import evaluation
 from senet_jax.data import pipeline
 from senet_jax.models import create_model
 from senet_jax.training import checkpoint as ckpt_lib
@@ -59,24 +60,19 @@ def _global_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def evaluate(eval_step, state, config, source, data_sharding) -> dict[str, float]:
-  """Top-1 / top-5 / loss of raw and EMA weights over the whole eval split."""
-  totals = {}
-  for batch in pipeline.eval_iterator(config, source, process_index=jax.process_index(),
-                                      process_count=jax.process_count(),
-                                      device_count=jax.device_count()):
-    batch = _global_batch(batch, data_sharding)
-    for prefix, params, stats in (('', state.params, state.batch_stats),
-                                  ('ema_', state.ema_params, state.ema_batch_stats)):
-      if prefix and config.ema_decay <= 0:
-        continue
-      m = eval_step(params, stats, batch)
-      totals[prefix] = m if prefix not in totals else totals[prefix].merge(m)
-  results = {}
-  for prefix, m in totals.items():
-    for name, value in m.compute().items():
-      results[f'{prefix}{name}'] = float(value)
-  return results
+def evaluate(evaluators, state, config, data_sharding) -> dict[str, float]:
+  """Top-1 / top-5 / NLL ('loss') / ECE of raw and EMA weights over every evaluator's split.
+
+  The main evaluator's names are unprefixed (top1, ema_top1); others carry their name
+  (real_top1, ema_real_top1): see senet_jax.evaluation.
+  """
+  weights = [('', state.params, state.batch_stats)]
+  if config.ema_decay > 0:
+    weights.append(('ema_', state.ema_params, state.ema_batch_stats))
+  return evaluation.run_all(
+      evaluators, weights, to_global=lambda batch: _global_batch(batch, data_sharding),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      device_count=jax.device_count())
 
 
 def _write_eval_json(workdir: str, step: int, results: dict) -> None:
@@ -187,7 +183,8 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
 
   # ---- Input ---------------------------------------------------------------------------
   train_source = pipeline.open_source(config.dataset, config.train_split, config.data_dir)
-  eval_source = pipeline.open_source(config.dataset, config.eval_split, config.data_dir)
+  eval_specs = evaluation.specs_from_config(config)  # main split + config.evals
+  eval_sources = [pipeline.open_source(s.dataset, s.split, config.data_dir) for s in eval_specs]
   steps_per_epoch, total_steps = training_length(config, len(train_source))
   eval_every = (int(config.eval_every_epochs * steps_per_epoch)
                 if config.eval_every_epochs > 0 else total_steps)
@@ -207,7 +204,10 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
   train_step = jax.jit(steps.make_train_step(model, optimizer, config, schedule),
                        in_shardings=(state_shardings, data_sharding),
                        out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-  eval_step = jax.jit(steps.make_eval_step(model), out_shardings=replicated)
+  evaluators = [evaluation.Evaluator(spec, model, evaluation.Preprocessing.from_config(config),
+                                     config.num_classes, config.eval_batch_size, source=source,
+                                     out_sharding=replicated)
+                for spec, source in zip(eval_specs, eval_sources)]
 
   # ---- Checkpoint: resume, or start from init_from -------------------------------------
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -278,7 +278,7 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
       pending, window_start, t0 = [], step, time.perf_counter()
     if do_eval:
       with report.timed('eval'):
-        results = evaluate(eval_step, state, config, eval_source, data_sharding)
+        results = evaluate(evaluators, state, config, data_sharding)
       writer.write_scalars(step, {f'eval_{k}': v for k, v in results.items()})
       _write_eval_json(workdir, step, results)
       _log('eval at step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in results.items()))
@@ -295,7 +295,11 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
   checkpointer.close()
   writer.flush()
   if not results and start_step >= total_steps:  # already finished earlier: evaluate again
-    results = evaluate(eval_step, state, config, eval_source, data_sharding)
+    results = evaluate(evaluators, state, config, data_sharding)
+    if eval_only:  # --mode=eval records its results like a training eval
+      writer.write_scalars(start_step, {f'eval_{k}': v for k, v in results.items()})
+      writer.flush()
+      _write_eval_json(workdir, start_step, results)
   return results
 
 

@@ -75,6 +75,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   config.keep_best_checkpoint = True    # also keep the best by eval top-1
+  # Extra evaluators, comma separated (metrics '<name>_top1', 'ema_<name>_top1', ...): shipped
+  # 'imagenet', 'real' (ImageNet-ReaL), 'v2', 'a', 'r', 'sketch' (senet_jax.evaluation.SHIPPED),
+  # names defined in eval_definitions, or 'name=dataset:split'. The main eval split keeps the
+  # plain names (top1, ema_top1, ...).
+  config.evals = ''
+  # name -> dict(dataset, split, label_key, class_subset, image_size, crop_fraction, flip)
+  config.eval_definitions = ml_collections.ConfigDict()
+  config.eval_tta = 'none'              # 'flip': mean of the probabilities of image and mirror
   config.init_from = ''                 # checkpoint dir to start from (fine-tuning)
   config.init_from_exclude = ('fc', 'classifier')  # top-level params re-initialised on init_from
   config.profile = False                # clu Profile for a few steps after the first log

@@ -34,12 +34,23 @@ def tiny_config(data_dir, **kw):
 
 def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
   workdir = str(tmp_path / 'run')
-  results = train.train_and_evaluate(tiny_config(data_dir, ema_decay=0.0), workdir)
+  config = tiny_config(data_dir, ema_decay=0.0, evals='flipped',
+                       eval_definitions={'flipped': dict(dataset='senet_digits', split='test',
+                                                         flip=True)})
+  results = train.train_and_evaluate(config, workdir)
   assert results['num_examples'] == 359 and 'ema_top1' not in results
   assert 0.0 <= results['top1'] <= results['top5'] <= 1.0
+  # A second evaluator (flip TTA) reports under its own name, next to the main one.
+  assert results['flipped_num_examples'] == 359 and 0.0 <= results['flipped_ece'] <= 1.0
   with open(os.path.join(workdir, 'eval_results.json')) as f:
     saved = json.load(f)
   assert saved['latest']['step'] == 6 and saved['latest']['top1'] == results['top1']
+  assert saved['latest']['flipped_top1'] == results['flipped_top1']
+  # --mode=eval: the same numbers from the checkpoint, recorded in eval_results.json too.
+  assert train.evaluate_only(config, workdir) == pytest.approx(results)
+  with open(os.path.join(workdir, 'eval_results.json')) as f:
+    history = json.load(f)['history']
+  assert [h['step'] for h in history] == [6, 6] and history[1] == history[0]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
 

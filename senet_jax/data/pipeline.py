@@ -86,15 +86,28 @@ def image_is_readable(data: bytes) -> bool:
     return False
 
 
-def _reader(source, num_classes: int, placeholder: bytes):
+def _read_label(record, index: int, num_classes: int, label_key: str):
+  """The int label, or for a sequence feature (ReaL's 'real_label') a multi-hot vector."""
+  if label_key == 'label':
+    values = label = int(record['label'])
+  else:  # a variable-length list of classes, possibly empty
+    values = np.asarray(record[label_key], np.int64).reshape(-1)
+    label = np.zeros(num_classes, np.int32)
+  bad = [int(v) for v in np.atleast_1d(values) if not 0 <= v < num_classes]
+  if bad:
+    raise ValueError(f'example {int(index)} has {label_key} {bad[0]} outside [0, {num_classes})')
+  if label_key != 'label':
+    label[values] = 1
+  return label
+
+
+def _reader(source, num_classes: int, placeholder: bytes, label_key: str = 'label'):
   """numpy function: record indices -> (image bytes, label, ok), labels checked."""
   def read(indices):
     records = source.__getitems__([int(i) for i in indices])
     images, labels, ok = [], [], []
     for i, record in zip(indices, records):
-      label = int(record['label'])
-      if not 0 <= label < num_classes:
-        raise ValueError(f'example {int(i)} has label {label} outside [0, {num_classes})')
+      label = _read_label(record, i, num_classes, label_key)
       data = record['image']
       good = image_is_readable(data)
       images.append(data if good else placeholder)
@@ -111,8 +124,8 @@ def _placeholder_png() -> bytes:
   return tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
 
 
-def _read_dataset(index_batches: tf.data.Dataset, source, num_classes):
-  read = _reader(source, num_classes, _placeholder_png())
+def _read_dataset(index_batches: tf.data.Dataset, source, num_classes, label_key='label'):
+  read = _reader(source, num_classes, _placeholder_png(), label_key)
 
   def fn(positions, indices):
     images, labels, ok = tf.numpy_function(read, [indices],
@@ -257,8 +270,13 @@ def num_eval_steps(num_examples: int, local_batch: int, process_count: int) -> i
 
 
 def eval_iterator(config, source, *, process_index: int = 0, process_count: int = 1,
-                  device_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Yields padded, masked local eval batches covering this process's shard exactly once."""
+                  device_count: int = 1, label_key: str = 'label'
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """Yields padded, masked local eval batches covering this process's shard exactly once.
+
+  `label_key`: the int feature 'label', or a sequence feature of classes (ImageNet-ReaL's
+  'real_label'), delivered as a (batch, num_classes) multi-hot 'label'.
+  """
   local = check_batch_size(config.eval_batch_size, device_count, process_count,
                            'eval_batch_size')
   n = len(source)
@@ -269,7 +287,7 @@ def eval_iterator(config, source, *, process_index: int = 0, process_count: int 
   valid = np.zeros(steps * local, np.float32)
   valid[:end - start] = 1.0
   ds = tf.data.Dataset.from_tensor_slices((np.arange(steps * local), indices)).batch(local)
-  ds = _read_dataset(ds, source, config.num_classes)
+  ds = _read_dataset(ds, source, config.num_classes, label_key)
   ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(valid)))
   dtype = _tf_dtype(config.input_dtype)
 

@@ -142,11 +142,19 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
   return train_step
 
 
-def make_eval_step(model) -> Callable:
-  """Returns eval_step(params, batch_stats, batch) -> EvalMetrics (masked)."""
+def _default_eval_outputs(logits, batch):
+  return classification_outputs(logits, batch['label'], batch['mask'])
+
+
+def make_eval_step(model, outputs_fn: Callable = _default_eval_outputs,
+                   collection=EvalMetrics) -> Callable:
+  """Returns eval_step(params, batch_stats, batch) -> `collection` (masked).
+
+  `outputs_fn(logits, batch)` gives the per-example outputs the collection reads (the
+  evaluation package passes its own for multi-label sets, class subsets and calibration).
+  """
   def eval_step(params, batch_stats, batch):
     logits = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
                          train=False)
-    out = classification_outputs(logits, batch['label'], batch['mask'])
-    return EvalMetrics.single_from_model_output(**out)
+    return collection.single_from_model_output(**outputs_fn(logits, batch))
   return eval_step
