@@ -70,6 +70,9 @@ BAD_VALUES = {
     'conv_impl': ['', 3],
     'compilation_cache_dir': [None, 0],
     'allow_config_change': ['yes'],
+    'evals': [3, None],
+    'eval_definitions': [3, 'real'],
+    'eval_tta': ['mirror', True],
 }
 
 

@@ -21,7 +21,7 @@ HARMLESS = frozenset({
     'log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
     'keep_best_checkpoint', 'profile', 'compilation_cache_dir', 'conv_impl', 'data_dir',
     'eval_batch_size', 'eval_split', 'eval_crop_fraction', 'init_from', 'init_from_exclude',
-    'allow_config_change',
+    'allow_config_change', 'evals', 'eval_definitions', 'eval_tta',
 })
 
 

@@ -170,6 +170,9 @@ FIELDS: dict[str, Checker] = {
     'conv_impl': text(False),                   # checked by building the model
     'compilation_cache_dir': text(),
     'allow_config_change': boolean,
+    'evals': text(),                            # names checked by evaluation.build_evaluators
+    'eval_definitions': mapping,
+    'eval_tta': choice('none', 'flip'),
 }
 
 
