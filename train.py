@@ -21,9 +21,9 @@ from clu import metric_writers, periodic_actions
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from senet_jax.data import pipeline
-from senet_jax.models import create_model
+from senet_jax.models import create_model, min_resolution
 from senet_jax.training import checkpoint as ckpt_lib
-from senet_jax.training import optim, preemption, steps
+from senet_jax.training import optim, preemption, progressive, steps
 from senet_jax.training.state import abstract_state, create_sharded_state
 from senet_jax.training.validate import ConfigError, validate_config, validate_model_input
 
@@ -192,6 +192,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        in_shardings=(state_shardings, data_sharding),
                        out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   eval_step = jax.jit(steps.make_eval_step(model), out_shardings=replicated)
+  stages = progressive.schedule_from_config(config, total_steps, min_resolution(model))
+  if stages:  # one compiled step per stage (image size, dropout), built when first needed
+    staged_steps = progressive.StepPerStage(stages, lambda stage: jax.jit(
+        steps.make_train_step(progressive.stage_model(model, stage), optimizer, config,
+                              schedule), in_shardings=(state_shardings, data_sharding),
+        out_shardings=(state_shardings, replicated), donate_argnums=(0,)))
 
   # ---- Checkpoint: resume, or start from init_from -------------------------------------
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -221,9 +227,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       metrics=metrics, force=force)
 
   # ---- Loop ----------------------------------------------------------------------------
-  train_iter = pipeline.TrainIterator(
-      config, train_source, start_step=start_step, process_index=jax.process_index(),
+  make_iter = lambda cfg, start: pipeline.TrainIterator(
+      cfg, train_source, start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count(), device_count=jax.device_count())
+  train_iter = (progressive.StagedIterator(stages, config, make_iter, start_step, log=_log)
+                if stages else make_iter(config, start_step))
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   hooks = [report]
   if config.profile and jax.process_index() == 0:
@@ -236,6 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = start_step
   while step < total_steps:
     batch = _global_batch(next(train_iter), data_sharding)
+    if stages:
+      train_step = staged_steps.for_step(step)
     with jax.transfer_guard_host_to_device('disallow'):
       state, step_metrics = train_step(state, batch)
     step += 1
