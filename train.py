@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from senet_jax.data import pipeline
 from senet_jax.models import create_model, min_resolution
 from senet_jax.training import checkpoint as ckpt_lib
-from senet_jax.training import optim, preemption, progressive, steps
+from senet_jax.training import distill, optim, preemption, progressive, steps
 from senet_jax.training.state import abstract_state, create_sharded_state
 from senet_jax.training.validate import ConfigError, validate_config, validate_model_input
 
@@ -188,16 +188,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
        f'{sum(p.size for p in jax.tree.leaves(state.params)):,}')
 
   # ---- Step functions ------------------------------------------------------------------
-  train_step = jax.jit(steps.make_train_step(model, optimizer, config, schedule),
-                       in_shardings=(state_shardings, data_sharding),
-                       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  teacher = None if eval_only else distill.load_teacher(config, replicated, create_model,
+                                                       ckpt_lib.load_params)
+
+  def jit_train_step(step_model):
+    step_fn = steps.make_train_step(step_model, optimizer, config, schedule)
+    if teacher is not None:  # adds the frozen teacher's logits to every batch
+      return distill.jit_with_teacher(step_fn, teacher, config, state_shardings, data_sharding,
+                                      replicated)
+    return jax.jit(step_fn, in_shardings=(state_shardings, data_sharding),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+  train_step = jit_train_step(model)
   eval_step = jax.jit(steps.make_eval_step(model), out_shardings=replicated)
   stages = progressive.schedule_from_config(config, total_steps, min_resolution(model))
   if stages:  # one compiled step per stage (image size, dropout), built when first needed
-    staged_steps = progressive.StepPerStage(stages, lambda stage: jax.jit(
-        steps.make_train_step(progressive.stage_model(model, stage), optimizer, config,
-                              schedule), in_shardings=(state_shardings, data_sharding),
-        out_shardings=(state_shardings, replicated), donate_argnums=(0,)))
+    staged_steps = progressive.StepPerStage(
+        stages, lambda stage: jit_train_step(progressive.stage_model(model, stage)))
 
   # ---- Checkpoint: resume, or start from init_from -------------------------------------
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),

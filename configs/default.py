@@ -82,6 +82,21 @@ def get_config() -> ml_collections.ConfigDict:
       size_multiple=8,                    # intermediate sizes rounded to a multiple of this
   ))
 
+  # ---- Knowledge distillation (senet_jax/training/distill.py) ----------------------------
+  # loss = (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T), the teacher
+  # frozen (eval mode, no gradient, no EMA) and run inside the train step on the same mesh.
+  config.distill = ml_collections.ConfigDict(dict(
+      teacher='',                         # senet_jax checkpoint dir (trained or converted); '' off
+      model='',                           # the teacher's registered model name
+      model_kwargs=ml_collections.ConfigDict(),  # its create_model fields (e.g. layout)
+      image_size=0,                       # teacher input size; 0: config.image_size
+      mean_rgb=(),                        # teacher normalisation; (): config.mean_rgb / std_rgb
+      std_rgb=(),
+      interpolation='',                   # resize to image_size; '': config.interpolation
+      temperature=4.0,                    # T (Hinton et al.)
+      alpha=0.5,                          # weight of the soft (teacher) term
+  ))
+
   # ---- Checkpoints, logging, evaluation --------------------------------------------------
   config.log_every_steps = 100
   config.eval_every_epochs = 1.0        # <= 0: only at the end
