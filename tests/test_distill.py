@@ -73,3 +73,19 @@ def test_trainer_distils_from_a_checkpoint_at_its_own_resolution(digits_dir, tmp
   for a, b in zip(jax.tree.leaves(teacher_before), jax.tree.leaves(
       ckpt_lib.load_params(teacher_dir))):
     np.testing.assert_array_equal(a, b)  # the teacher is read, never trained or rewritten
+
+
+def test_imagenet_config_distils_the_converted_se_resnext101_into_se_resnet18():
+  import os
+  from senet_jax.convert import timm as timm_convert
+  from test_configs import ROOT, load_config
+  config = load_config(os.path.join(ROOT, 'configs', 'distill_se_resnext101_to_se_resnet18.py'))
+  assert config.model == 'se_resnet18'
+  # The teacher is built exactly as the converter builds legacy_seresnext101_32x4d.
+  assert (config.distill.model, dict(config.distill.model_kwargs)) == timm_convert.MODELS[
+      'legacy_seresnext101_32x4d']
+  prep = timm_convert.preprocessing('legacy_seresnext101_32x4d')
+  assert (config.distill.image_size, config.distill.interpolation) == (prep.image_size,
+                                                                       prep.interpolation)
+  np.testing.assert_allclose(config.distill.mean_rgb, prep.mean_rgb)
+  np.testing.assert_allclose(config.distill.std_rgb, prep.std_rgb)
