@@ -22,9 +22,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from senet_jax import evaluation
 from senet_jax.data import pipeline
-from senet_jax.models import create_model
+from senet_jax.models import create_model, min_resolution
 from senet_jax.training import checkpoint as ckpt_lib
-from senet_jax.training import config_diff, optim, preemption, steps, workdir_lock
+from senet_jax.training import (config_diff, distill, optim, preemption, progressive, steps,
+                                workdir_lock)
 from senet_jax.training.state import abstract_state, create_sharded_state
 from senet_jax.training.validate import ConfigError, validate_config, validate_model_input
 
@@ -201,13 +202,26 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
        f'{sum(p.size for p in jax.tree.leaves(state.params)):,}')
 
   # ---- Step functions ------------------------------------------------------------------
-  train_step = jax.jit(steps.make_train_step(model, optimizer, config, schedule),
-                       in_shardings=(state_shardings, data_sharding),
-                       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  teacher = None if eval_only else distill.load_teacher(config, replicated, create_model,
+                                                       ckpt_lib.load_params)
+
+  def jit_train_step(step_model):
+    step_fn = steps.make_train_step(step_model, optimizer, config, schedule)
+    if teacher is not None:  # adds the frozen teacher's logits to every batch
+      return distill.jit_with_teacher(step_fn, teacher, config, state_shardings, data_sharding,
+                                      replicated)
+    return jax.jit(step_fn, in_shardings=(state_shardings, data_sharding),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+  train_step = jit_train_step(model)
   evaluators = [evaluation.Evaluator(spec, model, evaluation.Preprocessing.from_config(config),
                                      config.num_classes, config.eval_batch_size, source=source,
                                      out_sharding=replicated)
                 for spec, source in zip(eval_specs, eval_sources)]
+  stages = progressive.schedule_from_config(config, total_steps, min_resolution(model))
+  if stages:  # one compiled step per stage (image size, dropout), built when first needed
+    staged_steps = progressive.StepPerStage(
+        stages, lambda stage: jit_train_step(progressive.stage_model(model, stage)))
 
   # ---- Checkpoint: resume, or start from init_from -------------------------------------
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -240,9 +254,11 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
                       metrics=metrics, force=force)
 
   # ---- Loop ----------------------------------------------------------------------------
-  train_iter = pipeline.TrainIterator(
-      config, train_source, start_step=start_step, process_index=jax.process_index(),
+  make_iter = lambda cfg, start: pipeline.TrainIterator(
+      cfg, train_source, start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count(), device_count=jax.device_count())
+  train_iter = (progressive.StagedIterator(stages, config, make_iter, start_step, log=_log)
+                if stages else make_iter(config, start_step))
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   hooks = [report]
   if config.profile and jax.process_index() == 0:
@@ -255,6 +271,8 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
   step = start_step
   while step < total_steps:
     batch = _global_batch(next(train_iter), data_sharding)
+    if stages:
+      train_step = staged_steps.for_step(step)
     with jax.transfer_guard_host_to_device('disallow'):
       state, step_metrics = train_step(state, batch)
     step += 1

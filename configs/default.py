@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.input_dtype = 'float32'        # dtype of the batches the pipeline yields
   config.augment = 'none'               # 'none', 'autoaugment' (policy v0), 'randaugment'
   config.randaugment_num_layers = 2     # RandAugment N
-  config.randaugment_magnitude = 10     # RandAugment M
+  config.randaugment_magnitude = 10.0   # RandAugment M (float: progressive stages interpolate)
   config.mixup_alpha = 0.0              # > 0 enables mixup
   config.cutmix_alpha = 0.0             # > 0 enables cutmix
   config.shuffle_buffer = 16_384
@@ -68,6 +68,34 @@ def get_config() -> ml_collections.ConfigDict:
   config.grad_clip_norm = 0.0           # > 0 clips the global gradient norm
   config.ema_decay = 0.0                # > 0 keeps an EMA of the weights, evaluated too
   config.ema_warmup = False             # decay min(ema_decay, (1 + t) / (10 + t))
+
+  # ---- Progressive learning (EfficientNetV2 paper, Algorithm 1) -------------------------
+  # num_stages M > 0 splits training into M equal stages; stage i trains at an image size and
+  # with regularisation interpolated linearly from the (first, last) pairs below. Evaluation
+  # stays at config.image_size. See senet_jax/training/progressive.py.
+  config.progressive = ml_collections.ConfigDict(dict(
+      num_stages=0,                       # 0: off
+      image_size=(128, 300),              # training resolution of the first / last stage
+      dropout_rate=(0.1, 0.3),            # model dropout_rate (replaces the model's own)
+      randaugment_magnitude=(5.0, 15.0),  # needs augment='randaugment'
+      mixup_alpha=(0.0, 0.0),
+      size_multiple=8,                    # intermediate sizes rounded to a multiple of this
+  ))
+
+  # ---- Knowledge distillation (senet_jax/training/distill.py) ----------------------------
+  # loss = (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T), the teacher
+  # frozen (eval mode, no gradient, no EMA) and run inside the train step on the same mesh.
+  config.distill = ml_collections.ConfigDict(dict(
+      teacher='',                         # senet_jax checkpoint dir (trained or converted); '' off
+      model='',                           # the teacher's registered model name
+      model_kwargs=ml_collections.ConfigDict(),  # its create_model fields (e.g. layout)
+      image_size=0,                       # teacher input size; 0: config.image_size
+      mean_rgb=(),                        # teacher normalisation; (): config.mean_rgb / std_rgb
+      std_rgb=(),
+      interpolation='',                   # resize to image_size; '': config.interpolation
+      temperature=4.0,                    # T (Hinton et al.)
+      alpha=0.5,                          # weight of the soft (teacher) term
+  ))
 
   # ---- Checkpoints, logging, evaluation --------------------------------------------------
   config.log_every_steps = 100

@@ -73,6 +73,11 @@ BAD_VALUES = {
     'evals': [3, None],
     'eval_definitions': [3, 'real'],
     'eval_tta': ['mirror', True],
+    'progressive': [3, {'num_stages': -1}, {'num_stages': 4, 'image_size': (16, 300)},
+                    {'num_stages': 4, 'dropout_rate': (0.1, 1.0)},
+                    {'num_stages': 4, 'mixup_alpha': (0.0,)}],
+    'distill': ['teacher', {'teacher': '/ckpt', 'model': ''},
+                {'teacher': '', 'temperature': 0.0}, {'teacher': '', 'alpha': 1.5}],
 }
 
 

@@ -85,7 +85,7 @@ def _model_name(source: str, model: str) -> str:
     from senet_jax.convert import timm
     return timm.MODELS[model][0]
   from senet_jax.convert import keras
-  return keras.MODELS[model]
+  return {**keras.MODELS, **keras.V2_MODELS}[model]
 
 
 def config_flags(meta: dict) -> str:

@@ -1,4 +1,4 @@
-"""keras.applications.EfficientNetB0..B7 weight files (HDF5) -> senet_jax variables.
+"""keras.applications EfficientNetB0..B7 / EfficientNetV2* weight files (HDF5) -> senet_jax.
 
 Reads the legacy HDF5 weight format of the files keras.applications downloads
 (`efficientnetb0.h5`, ...: root attribute `layer_names`, one group per layer) with h5py: no
@@ -9,6 +9,8 @@ layer whose mean/variance are stored in the weights file, and, for `weights='ima
 extra Rescaling by 1/sqrt(std) that makes the original TF normalisation). senet_jax models take
 normalised images, so the converter turns those layers into the `mean_rgb` / `std_rgb` of the
 recorded preprocessing: feed `(pixels_0_255 - mean_rgb) / std_rgb` to get Keras' logits.
+EfficientNetV2 models normalise with constants (B0-B3: Rescaling(1/255) + ImageNet mean/std;
+S/M/L: Rescaling(1/128, offset=-1)), which are not in the weights file.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from senet_jax.convert import core
 from senet_jax.models import create_model, model_info
 
 MODELS = {f'efficientnetb{i}': f'efficientnet_b{i}' for i in range(8)}
+V2_MODELS = {f'efficientnetv2{v}': f'efficientnetv2_{v}'
+             for v in ('b0', 'b1', 'b2', 'b3', 's', 'm', 'l')}
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -48,6 +52,13 @@ def _block_path(stage: str, letter: str) -> str:
 _BLOCK_LAYERS = {'expand_conv': 'conv_pw', 'expand_bn': 'bn_pw', 'dwconv': 'conv_dw',
                  'bn': 'bn_dw', 'se_reduce': 'se/reduce', 'se_expand': 'se/expand',
                  'project_conv': 'conv_pwl', 'project_bn': 'bn_pwl'}
+# EfficientNetV2: MBConv's depthwise conv is 'dwconv2'; a Fused-MBConv's kxk conv is
+# 'expand_conv' (then a 1x1 'project_conv'), or 'project_conv' itself when expand_ratio is 1.
+_V2_MBCONV = {**_BLOCK_LAYERS, 'dwconv2': 'conv_dw'}
+_V2_FUSED = {'expand_conv': 'conv_exp', 'expand_bn': 'bn_exp', 'se_reduce': 'se/reduce',
+             'se_expand': 'se/expand', 'project_conv': 'conv_pwl', 'project_bn': 'bn_pwl'}
+_V2_FUSED_E1 = {'se_reduce': 'se/reduce', 'se_expand': 'se/expand', 'project_conv': 'conv',
+                'project_bn': 'bn'}
 _TOP_LAYERS = {'stem_conv': 'conv_stem', 'stem_bn': 'bn_stem', 'top_conv': 'conv_head',
                'top_bn': 'bn_head', 'predictions': 'classifier'}
 
@@ -68,39 +79,57 @@ def _leaves(path: str, weights: list[np.ndarray]):
   return out
 
 
+def _v2_block_table(prefix: str, layers: dict) -> dict[str, str]:
+  """Keras -> senet_jax layer names for the V2 block whose layers start with `prefix`."""
+  if f'{prefix}dwconv2' in layers:
+    return _V2_MBCONV
+  return _V2_FUSED if f'{prefix}expand_conv' in layers else _V2_FUSED_E1
+
+
+def _layer_path(name: str, layers: dict, v2: bool) -> str | None:
+  """senet_jax module path of a Keras layer ('block2b_project_bn' -> 'blocks_1_1/bn_pwl')."""
+  match = re.fullmatch(r'block(\d)(.)_(.+)', name)
+  if match:
+    table = _v2_block_table(name[:-len(match.group(3))], layers) if v2 else _BLOCK_LAYERS
+    if match.group(3) in table:
+      return f'{_block_path(match.group(1), match.group(2))}/{table[match.group(3)]}'
+    return None
+  return _TOP_LAYERS.get(name)
+
+
 def from_keras(weights: str | dict, keras_name: str = 'efficientnetb0',
                imagenet_rescaling: bool = True):
   """Converts keras.applications EfficientNet weights; returns (module, variables, prep).
 
   Args:
     weights: path of the .h5 file, or {layer name: [arrays]}.
-    keras_name: 'efficientnetb0' ... 'efficientnetb7'.
-    imagenet_rescaling: the Keras model was built with weights='imagenet' (extra 1/sqrt(std)
-      input rescaling); False for a model built with weights=None.
+    keras_name: 'efficientnetb0' ... 'efficientnetb7', 'efficientnetv2b0' ... 'efficientnetv2l'.
+    imagenet_rescaling: the Keras V1 model was built with weights='imagenet' (extra
+      1/sqrt(std) input rescaling); False for a model built with weights=None. Unused for V2.
   """
-  if keras_name not in MODELS:
+  supported = {**MODELS, **V2_MODELS}
+  if keras_name not in supported:
     raise core.ConversionError(f'unsupported Keras model {keras_name!r}; supported: '
-                               f'{sorted(MODELS)}')
+                               f'{sorted(supported)}')
+  v2 = keras_name in V2_MODELS
   layers = read_legacy_h5(weights) if isinstance(weights, str) else dict(weights)
   converted, unexpected, norm = {}, [], None
   for name, arrays in layers.items():
-    match = re.fullmatch(r'block(\d)([a-z])_(.+)', name)
-    if match and match.group(3) in _BLOCK_LAYERS:
-      path = f'{_block_path(match.group(1), match.group(2))}/{_BLOCK_LAYERS[match.group(3)]}'
-    elif name in _TOP_LAYERS:
-      path = _TOP_LAYERS[name]
-    elif name.startswith('normalization'):
-      norm = arrays
-      continue
-    else:
-      unexpected.append(name)
+    path = _layer_path(name, layers, v2)
+    if path is None:
+      if name.startswith('normalization'):
+        norm = arrays
+      else:
+        unexpected.append(name)
       continue
     converted.update(_leaves(path, arrays))
   num_classes = converted[('params', 'classifier', 'kernel')].shape[1] if (
       ('params', 'classifier', 'kernel') in converted) else 1000
-  model = create_model(MODELS[keras_name], num_classes=num_classes)
+  model = create_model(supported[keras_name], num_classes=num_classes)
   variables = core.check_and_fill(converted, core.abstract_variables(model), unexpected,
                                   f'Keras {keras_name}')
+  if v2:
+    return model, variables, v2_input_preprocessing(supported[keras_name])
   return model, variables, input_preprocessing(norm, MODELS[keras_name], imagenet_rescaling)
 
 
@@ -113,3 +142,14 @@ def input_preprocessing(norm, model_name: str, imagenet_rescaling: bool) -> core
   resolution = model_info(model_name).resolution
   return core.Preprocessing(resolution, resolution / (resolution + 32), 'bicubic',
                             tuple(float(v) for v in 255.0 * mean), tuple(float(v) for v in std))
+
+
+def v2_input_preprocessing(model_name: str) -> core.Preprocessing:
+  """mean/std on the 0..255 scale of Keras EfficientNetV2's built-in input layers."""
+  resolution = model_info(model_name).resolution
+  if model_name.split('_')[-1].startswith('b'):  # Rescaling(1/255) + ImageNet Normalization
+    mean, std = core.IMAGENET_MEAN, core.IMAGENET_STD
+  else:  # Rescaling(scale=1/128, offset=-1)
+    mean, std = (128.0,) * 3, (128.0,) * 3
+  return core.Preprocessing(resolution, resolution / (resolution + 32), 'bicubic',
+                            tuple(mean), tuple(std))

@@ -30,6 +30,8 @@ MODELS: dict[str, tuple[str, dict]] = {
     'tf_efficientnet_l2': ('efficientnet_l2', {}),
     **{f'efficientnet_b{i}': (f'efficientnet_b{i}', dict(efficientnet.TIMM_FLAVOUR))
        for i in range(4)},
+    **{f'tf_efficientnetv2_{v}': (f'efficientnetv2_{v}', {})
+       for v in ('b0', 'b1', 'b2', 'b3', 's', 'm', 'l', 'xl')},
     'tf_mobilenetv3_large_100': ('mobilenetv3_large_100', {}),
     'tf_mobilenetv3_small_100': ('mobilenetv3_small_100', {}),
     'mobilenetv1_100': ('mobilenet_v1', {'act': 'relu6'}),
@@ -48,6 +50,13 @@ _PREPROCESSING = {
     'tf_efficientnet_b6': (528, 0.942, 'bicubic'), 'tf_efficientnet_b7': (600, 0.949, 'bicubic'),
     'tf_efficientnet_b8': (672, 0.954, 'bicubic', _HALF),
     'tf_efficientnet_l2': (475, 0.936, 'bicubic'),
+    'tf_efficientnetv2_b0': (224, 0.875, 'bicubic'),
+    'tf_efficientnetv2_b1': (240, 0.882, 'bicubic'), 'tf_efficientnetv2_b2': (260, 0.89, 'bicubic'),
+    'tf_efficientnetv2_b3': (300, 0.9, 'bicubic', _HALF),
+    'tf_efficientnetv2_s': (384, 1.0, 'bicubic', _HALF),
+    'tf_efficientnetv2_m': (480, 1.0, 'bicubic', _HALF),
+    'tf_efficientnetv2_l': (480, 1.0, 'bicubic', _HALF),
+    'tf_efficientnetv2_xl': (512, 1.0, 'bicubic', _HALF),
     'tf_mobilenetv3_large_100': (224, 0.875, 'bilinear'),
     'tf_mobilenetv3_small_100': (224, 0.875, 'bilinear'),
     'mobilenetv1_100': (224, 0.95, 'bicubic'),
@@ -75,6 +84,8 @@ _RESNET_BLOCK = {'se_module.fc1': 'se/reduce', 'se_module.fc2': 'se/expand',
 _EFF_DS = {'conv_dw': 'conv_dw', 'bn1': 'bn_dw', 'conv_pw': 'conv_pwl', 'bn2': 'bn_pwl'}
 _EFF_IR = {'conv_pw': 'conv_pw', 'bn1': 'bn_pw', 'conv_dw': 'conv_dw', 'bn2': 'bn_dw',
            'conv_pwl': 'conv_pwl', 'bn3': 'bn_pwl'}
+_EFF_ER = {'conv_exp': 'conv_exp', 'bn1': 'bn_exp', 'conv_pwl': 'conv_pwl',
+           'bn2': 'bn_pwl'}  # EdgeResidual = EfficientNetV2's Fused-MBConv
 _EFF_TOP = {'conv_stem': 'conv_stem', 'bn1': 'bn_stem', 'conv_head': 'conv_head',
             'bn2': 'bn_head', 'classifier': 'classifier'}
 
@@ -94,7 +105,7 @@ def _resnet_module(module: str, state_dict: dict) -> str | None:
 
 
 def _efficientnet_module(module: str, state_dict: dict) -> str | None:
-  """EfficientNet, MobileNet v1 and MobileNetV3 (timm's EfficientNet/MobileNetV3 classes)."""
+  """EfficientNet V1/V2, MobileNet v1 and MobileNetV3 (timm's EfficientNet/MobileNetV3 classes)."""
   match = re.fullmatch(r'blocks\.(\d+)\.(\d+)\.(.+)', module)
   if match:
     s, b, rest = match.groups()
@@ -102,6 +113,8 @@ def _efficientnet_module(module: str, state_dict: dict) -> str | None:
       return f'blocks_{s}_{b}/se/' + {'conv_reduce': 'reduce', 'conv_expand': 'expand'}[rest[3:]]
     if f'blocks.{s}.{b}.conv.weight' in state_dict:  # ConvBnAct ('cn' blocks)
       table = {'conv': 'conv', 'bn1': 'bn'}
+    elif f'blocks.{s}.{b}.conv_exp.weight' in state_dict:
+      table = _EFF_ER
     elif f'blocks.{s}.{b}.conv_pwl.weight' in state_dict:
       table = _EFF_IR
     else:

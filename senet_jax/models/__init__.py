@@ -4,6 +4,7 @@ Importing this package registers every model family.
 """
 from senet_jax.models import bn_inception as _bn_inception  # noqa: F401  (registers)
 from senet_jax.models import efficientnet as _efficientnet  # noqa: F401  (registers)
+from senet_jax.models import efficientnet_v2 as _efficientnet_v2  # noqa: F401  (registers)
 from senet_jax.models import inception_resnet as _inception_resnet  # noqa: F401  (registers)
 from senet_jax.models import mobilenet as _mobilenet  # noqa: F401  (registers)
 from senet_jax.models import resnet_registry as _resnet_registry  # noqa: F401  (registers)

@@ -109,6 +109,43 @@ def crop_range(v) -> str | None:
   return 'two fractions (min, max) with 0 < min <= max <= 1'
 
 
+def _pair(value, item: Checker) -> bool:
+  return isinstance(value, (tuple, list)) and len(value) == 2 and not any(item(x) for x in value)
+
+
+def progressive_section(v) -> str | None:
+  """config.progressive: stages and (first, last) pairs (augment is checked at train time)."""
+  if not hasattr(v, 'items'):
+    return 'a mapping (num_stages, image_size, dropout_rate, ...)'
+  if integer(0)(v.get('num_stages')):
+    return 'num_stages: an integer >= 0 (0: off)'
+  pairs = {'image_size': integer(32), 'dropout_rate': number(0, 1, hi_open=True),
+           'randaugment_magnitude': number(0, 30), 'mixup_alpha': number(0)}
+  for knob, item in pairs.items():
+    if knob in v and not _pair(v[knob], item):
+      return f'{knob}: (first stage, last stage), each {item(object())}'
+  if integer(1)(v.get('size_multiple', 8)):
+    return 'size_multiple: an integer >= 1'
+  return None
+
+
+def distill_section(v) -> str | None:
+  """config.distill: teacher ('' = off), temperature > 0, alpha in [0, 1]."""
+  if not hasattr(v, 'items'):
+    return 'a mapping (teacher, model, temperature, alpha, ...)'
+  if not isinstance(v.get('teacher', ''), str):
+    return "teacher: a checkpoint directory or '' (off)"
+  if v.get('teacher') and not v.get('model'):
+    return 'model: the teacher architecture (a registered model name)'
+  if number(0, lo_open=True)(v.get('temperature', 1.0)):
+    return 'temperature: a number > 0'
+  if number(0, 1)(v.get('alpha', 0.5)):
+    return 'alpha: a number in [0, 1]'
+  if integer(0)(v.get('image_size', 0)):
+    return 'image_size: an integer >= 0 (0: config.image_size)'
+  return None
+
+
 POSITIVE_INT, NON_NEG = integer(1), number(0)
 FRACTION = number(0, 1, hi_open=True)  # [0, 1)
 
@@ -173,6 +210,8 @@ FIELDS: dict[str, Checker] = {
     'evals': text(),                            # names checked by evaluation.build_evaluators
     'eval_definitions': mapping,
     'eval_tta': choice('none', 'flip'),
+    'progressive': progressive_section,
+    'distill': distill_section,
 }
 
 

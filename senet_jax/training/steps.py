@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from clu import metrics
 
-from senet_jax.training import optim
+from senet_jax.training import distill, optim
 from senet_jax.training.state import TrainState
 
 
@@ -102,6 +102,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
                                    micro['image'], train=True, mutable=['batch_stats'],
                                    rngs={'dropout': rng})
     out = classification_outputs(logits, micro['label'], micro['mask'], config.label_smoothing)
+    if 'teacher_logits' in micro:  # knowledge distillation (see training/distill.py)
+      out['loss'] = distill.distillation_loss(logits, micro['teacher_logits'], out['loss'],
+                                              config.distill.temperature, config.distill.alpha)
     data_loss = jnp.sum(out['loss'] * out['mask']) / jnp.maximum(jnp.sum(out['mask']), 1.0)
     l2 = optim.l2_penalty(params, wd_mask_fn(params))
     return data_loss + config.weight_decay * l2, (new_vars['batch_stats'], out)

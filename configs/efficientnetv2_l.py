@@ -1,0 +1,7 @@
+"""EfficientNetV2-L on ImageNet: paper recipe with progressive learning (configs/recipes.py)."""
+from configs import recipes
+
+
+def get_config():
+  """EfficientNetV2-L: 4 progressive stages (paper Table 6), evaluated at the eval size."""
+  return recipes.efficientnet_v2('efficientnetv2_l')

@@ -1,0 +1,7 @@
+"""EfficientNetV2-M on ImageNet: paper recipe with progressive learning (configs/recipes.py)."""
+from configs import recipes
+
+
+def get_config():
+  """EfficientNetV2-M: 4 progressive stages (paper Table 6), evaluated at the eval size."""
+  return recipes.efficientnet_v2('efficientnetv2_m')
