@@ -20,6 +20,9 @@ if __name__ == '__main__':  # before anything allocates: XLA:CPU is much faster 
 
 # TensorFlow only reads data on the host: hide accelerators from it before it is imported.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TF prints its oneDNN banner once per shared library it loads (twice), whatever the log level;
+# TF only decodes and resizes images here, so its oneDNN kernels make no difference.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -40,11 +43,13 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 class _QuietLibraries:
-  """Drops INFO chatter of orbax (one line per file written) from the log."""
+  """Drops INFO chatter of orbax (one line per file written), TFDS and JAX's backend search."""
+  NOISY = ('/orbax/', '/tensorflow_datasets/', 'xla_bridge.py')
 
   def filter(self, record) -> bool:
     import logging as py_logging
-    return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+    return record.levelno >= py_logging.WARNING or not any(
+        n in record.pathname for n in self.NOISY)
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -85,9 +90,10 @@ def main(argv):
     logging.error('%s', err)
     print(f'error: {err}', file=sys.stderr)
     sys.exit(3 if isinstance(err, train.NonFiniteLossError) else 4)
-  summary = ', '.join(f'{k} {v:.4f}' for k, v in sorted(results.items()))
-  print(f'final eval: {summary}')
+  from senet_jax.training import progress
+  print(f'final eval: {progress.format_results(results)}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from senet_jax.utils import paths
+  app.run(main, argv=paths.resolve_config_flag(sys.argv))
