@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from senet_jax.utils import xla_flags
+from senet_jax.utils import quiet, xla_flags
 
 
 def predict(checkpoint: str, paths: list[str], top: int = 5) -> list[list[tuple[str, float]]]:
@@ -32,6 +32,7 @@ def main(argv=None) -> int:
   p.add_argument('--top', type=int, default=5)
   p.add_argument('images', nargs='+')
   args = p.parse_args(argv)
+  quiet.tensorflow_banners()
   xla_flags.configure_xla_cpu()
   for path, preds in zip(args.images, predict(args.checkpoint, args.images, args.top)):
     print(path)
