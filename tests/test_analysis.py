@@ -177,7 +177,11 @@ def test_summary_table_and_class_names():
   from senet_jax import summary
   from senet_jax.analysis import loading
   table = summary.summary_table('se_resnet18', 64)
-  assert 'layer1_0' in table and 'Total Parameters' in table
+  # 11,778,592: timm's legacy_seresnet18. BN channels 64 + 4x64 + (4+1)x128 + (4+1)x256 +
+  # (4+1)x512 = 4,800, a mean and a variance each: 9,600 statistics.
+  assert 'layer1_0' in table
+  assert 'Parameters: 11,778,592 (trained); batch_stats: 9,600 (not trained)' in table
+  assert 'Total Parameters' not in table and 'train: False' not in table
   names = loading.class_names(1000)
   assert len(names) == 1000 and names[0].startswith('tench')
 
