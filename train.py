@@ -273,6 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       _log('preemption requested: checkpoint at step %d, exiting', step)
       if not do_save:
         save(step, force=True)
+      progress.close()
       checkpointer.close()
       writer.flush()
       raise preemption.Preempted(step)
