@@ -96,9 +96,8 @@ def count_params(config) -> int:
   import numpy as np
   from senet_jax.models import create_model
   model = create_model(config.model, num_classes=config.num_classes, **config.model_kwargs)
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3),
-                                               np.float32), train=False)
+  images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), np.float32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
 
 

@@ -308,3 +308,10 @@ def test_sweep_runs_every_seed_and_prints_runnable_commands(tmp_path, monkeypatc
   config_file = first[2].split('=', 1)[1].rsplit(':', 1)[0]
   assert os.path.isabs(config_file) and os.path.isfile(config_file)
   assert f'--workdir={tmp_path}/rel/' in lines[0] and lines[0].endswith('--config.seed=3')
+
+
+def test_sweep_counts_parameters_from_shapes():
+  from senet_jax import sweep
+  config, points, _, _ = sweep.load_sweep('configs/sweeps/se_reduction_ratio.py')
+  config = sweep.apply_point(config, {'model_kwargs.se_reduction': 16.0})
+  assert sweep.count_params(config) == 28_088_024  # SE-ResNet-50 (timm legacy_seresnet50)
