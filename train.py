@@ -187,8 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        in_shardings=(state_shardings, data_sharding),
                        out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   eval_step = jax.jit(steps.make_eval_step(model), out_shardings=replicated)
-  train_step = progress_lib.compile_on_first_call(train_step, 'train step', _log)
-  eval_step = progress_lib.compile_on_first_call(eval_step, 'eval step', _log)
+  train_step = progress_lib.compile_on_first_call(train_step, 'train step', progress_lib.log)
+  eval_step = progress_lib.compile_on_first_call(eval_step, 'eval step', progress_lib.log)
 
   # ---- Checkpoint: resume, or start from init_from -------------------------------------
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),

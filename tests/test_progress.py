@@ -50,10 +50,14 @@ def test_bar_on_a_terminal_and_log_lines_around_it(monkeypatch, caplog):
   assert 'progress: step 5/10 (50%) | 32.0 img/s (1.00 steps/s) | ETA 0:05' in stream.getvalue()
   with caplog.at_level(logging.INFO):
     p.log('step 5/10 | loss 1.0')
-  assert stream.getvalue().endswith('step 5/10 (50%) | 32.0 img/s (1.00 steps/s) | ETA 0:05')
-  assert [r.getMessage() for r in caplog.records] == ['step 5/10 | loss 1.0']
+    assert stream.getvalue().endswith('step 5/10 (50%) | 32.0 img/s (1.00 steps/s) | ETA 0:05')
+    before = len(stream.getvalue())
+    progress.log('compiling the eval step ...')  # from code that does not hold the Progress
+  assert stream.getvalue()[before:].startswith('\r\x1b[K\r\x1b[K[')  # cleared, redrawn
+  assert [r.getMessage() for r in caplog.records] == ['step 5/10 | loss 1.0',
+                                                      'compiling the eval step ...']
   p.close()
-  assert stream.getvalue().endswith('\r\x1b[K')
+  assert stream.getvalue().endswith('\r\x1b[K') and progress._active_bar is None
 
 
 def test_piped_output_has_an_early_estimate_then_sparse_progress_lines(monkeypatch, caplog):

@@ -21,6 +21,15 @@ from typing import Any, Callable
 import jax
 
 ACCURACY_KEYS = ('top1', 'top5')
+_active_bar = None  # the Progress whose bar is on the terminal, cleared around other lines
+
+
+def log(message: str) -> None:
+  """Logs a line on process 0 without garbling a progress bar that is on the terminal."""
+  if _active_bar is not None:
+    _active_bar.log(message)
+  elif _is_main():
+    logging.info(message)
 
 
 def _is_main() -> bool:
@@ -227,12 +236,17 @@ class Progress:
     self.stream.write(f'\r\x1b[K[{bar}] {self._status()}')
     self.stream.flush()
     self._bar_shown, self._last_draw = True, time.perf_counter()
+    global _active_bar
+    _active_bar = self
 
   def _clear(self) -> None:
+    global _active_bar
     if self._bar_shown:
       self.stream.write('\r\x1b[K')
       self.stream.flush()
       self._bar_shown = False
+    if _active_bar is self:
+      _active_bar = None
 
   def _write_line(self, text: str) -> None:
     logging.info(text)
