@@ -79,7 +79,8 @@ def test_cam_and_grad_cam_on_a_hand_built_feature_map():
 
 def test_feature_map_check_refuses_1x1_and_suggests_a_resolution():
   model = create_model('se_resnet18', num_classes=2, **TINY_RESNET)
-  variables = init_variables(model)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                                train=False))  # shapes are all it needs
   assert cam.feature_map_size(model, variables, 32) == (1, 1)  # stride 32
   assert cam.feature_map_size(model, variables, 128) == (4, 4)
   with pytest.raises(cam.FeatureMapTooSmall, match=r'1x1 at 32 px.*--resolution=128'):
