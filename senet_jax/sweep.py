@@ -129,8 +129,9 @@ def run(config, points, workdir: str, seeds: list[int] | None = None) -> list[st
     left = sum(1 for p, s in runs[i:]
                if not os.path.exists(os.path.join(run_dir(workdir, point_name(p), s), DONE_FILE)))
     eta = format_duration(left * sum(seconds) / len(seconds))
+    runs_left = f'{left} run{"" if left == 1 else "s"} left'
     print(f'{label}: top-1 {100 * results.get("top1", float("nan")):.2f}% in '
-          f'{format_duration(seconds[-1])}; {left} run{"" if left == 1 else "s"} left, ETA {eta}', flush=True)
+          f'{format_duration(seconds[-1])}; {runs_left}, ETA {eta}', flush=True)
     ran.append(os.path.relpath(directory, workdir))
   return ran
 
