@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The runtime requirements alone (make quickstart); STAMP adds the test ones (torch, timm).
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 # jemalloc (apt-get install libjemalloc2) makes XLA:CPU much faster; used when installed.
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2))
 ifneq ($(JEMALLOC),)
@@ -16,9 +18,13 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: test test-all quickstart bench clean
 
-$(STAMP): requirements.txt requirements-test.txt
+$(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP) requirements-test.txt
 	$(PY) -m pip install -q -r requirements-test.txt
 	@touch $(STAMP)
 
@@ -28,7 +34,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS)
 
-quickstart: $(STAMP)
+quickstart: $(RUNTIME_STAMP)
 	$(PY) main.py --config=configs/quickstart.py --workdir=workdir/quickstart
 
 bench: $(STAMP)

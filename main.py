@@ -31,6 +31,9 @@ if __name__ == '__main__':
 
 # TensorFlow only reads data on the host: hide accelerators from it before it is imported.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TF prints its oneDNN banner once per shared library it loads (twice), whatever the log level;
+# TF only decodes and resizes images here, so its oneDNN kernels make no difference.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -53,11 +56,13 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 class _QuietLibraries:
-  """Drops INFO chatter of orbax (one line per file written) from the log."""
+  """Drops INFO chatter of orbax (one line per file written), TFDS and JAX's backend search."""
+  NOISY = ('/orbax/', '/tensorflow_datasets/', 'xla_bridge.py')
 
   def filter(self, record) -> bool:
     import logging as py_logging
-    return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+    return record.levelno >= py_logging.WARNING or not any(
+        n in record.pathname for n in self.NOISY)
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -100,8 +105,8 @@ def main(argv):
             if isinstance(err, train.NonFiniteLossError) else 5
             if isinstance(err, workdir_lock.WorkdirLockedError) else 4)
     _fail(err, code, 'bad config: ' if code == 2 else '')
-  summary = ', '.join(f'{k} {v:.4f}' for k, v in sorted(results.items()))
-  print(f'final eval: {summary}')
+  from senet_jax.training import progress
+  print(f'final eval: {progress.format_results(results)}')
 
 
 def _fail(err: BaseException, code: int, prefix: str = '') -> None:
@@ -130,4 +135,5 @@ def _parse_flags(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  from senet_jax.utils import paths
+  app.run(main, argv=paths.resolve_config_flag(sys.argv), flags_parser=_parse_flags)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from senet_jax import evaluation
@@ -26,6 +26,7 @@ from senet_jax.models import create_model, min_resolution
 from senet_jax.training import checkpoint as ckpt_lib
 from senet_jax.training import (config_diff, distill, optim, preemption, progressive, steps,
                                 workdir_lock)
+from senet_jax.training import progress as progress_lib
 from senet_jax.training.state import abstract_state, create_sharded_state
 from senet_jax.training.validate import ConfigError, validate_config, validate_model_input
 
@@ -143,12 +144,6 @@ def _check_finite(pending: list, first_step: int) -> None:
                              'last checkpoint written before it is kept.')
 
 
-def _summary_line(step, total, metrics, img_per_s) -> str:
-  return (f'step {step}/{total} | loss {metrics["loss"]:.4f} | top1 {100 * metrics["top1"]:.2f}%'
-          f' | top5 {100 * metrics["top5"]:.2f}% | lr {metrics["learning_rate"]:.5g} | '
-          f'grad_norm {metrics["grad_norm"]:.3g} | {img_per_s:.1f} img/s')
-
-
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates the latest checkpoint in `workdir` (or `config.init_from`) without training."""
   return train_and_evaluate(config, workdir, eval_only=True)
@@ -180,7 +175,7 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
     jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
   mesh = Mesh(np.asarray(jax.devices()), ('data',))
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = progress_lib.create_writer(workdir)  # TensorBoard; the log lines are our own
 
   # ---- Input ---------------------------------------------------------------------------
   train_source = pipeline.open_source(config.dataset, config.train_split, config.data_dir)
@@ -210,14 +205,19 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
     if teacher is not None:  # adds the frozen teacher's logits to every batch
       return distill.jit_with_teacher(step_fn, teacher, config, state_shardings, data_sharding,
                                       replicated)
-    return jax.jit(step_fn, in_shardings=(state_shardings, data_sharding),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings, data_sharding),
+                     out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    return progress_lib.compile_on_first_call(jitted, 'train step', progress_lib.log)
 
   train_step = jit_train_step(model)
   evaluators = [evaluation.Evaluator(spec, model, evaluation.Preprocessing.from_config(config),
                                      config.num_classes, config.eval_batch_size, source=source,
                                      out_sharding=replicated)
                 for spec, source in zip(eval_specs, eval_sources)]
+  for evaluator in evaluators:
+    evaluator.step = progress_lib.compile_on_first_call(
+        evaluator.step, f'eval step ({evaluator.spec.name or config.eval_split})',
+        progress_lib.log)
   stages = progressive.schedule_from_config(config, total_steps, min_resolution(model))
   if stages:  # one compiled step per stage (image size, dropout), built when first needed
     staged_steps = progressive.StepPerStage(
@@ -259,13 +259,15 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
       process_count=jax.process_count(), device_count=jax.device_count())
   train_iter = (progressive.StagedIterator(stages, config, make_iter, start_step, log=_log)
                 if stages else make_iter(config, start_step))
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-  hooks = [report]
+  progress = progress_lib.Progress(total_steps, start_step, config.batch_size, eval_every)
+  hooks = []
   if config.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
   if watcher.should_stop(start_step):  # SIGTERM before the first step: nothing new to save
     checkpointer.close()
     raise preemption.Preempted(start_step)
+  if start_step < total_steps:
+    _log(progress_lib.loss_legend(config.label_smoothing, config.weight_decay))
   pending, window_start, t0 = [], start_step, time.perf_counter()
   results = {}
   step = start_step
@@ -277,6 +279,7 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
       state, step_metrics = train_step(state, batch)
     step += 1
     pending.append(step_metrics)
+    progress.step(step, step_metrics)
     for hook in hooks:
       hook(step)
     checkpointer.check()  # a failed background save stops the run at once
@@ -289,17 +292,21 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
       for m in pending[1:]:
         merged = merged.merge(m)
       computed = {k: float(v) for k, v in merged.compute().items()}
-      elapsed = time.perf_counter() - t0
-      computed['images_per_second'] = len(pending) * config.batch_size / max(elapsed, 1e-9)
-      writer.write_scalars(step, {f'train_{k}': v for k, v in computed.items()})
-      _log(_summary_line(step, total_steps, computed, computed['images_per_second']))
+      # Mean rate since the first step, compilation and evaluation excluded (as the ETA).
+      steps_per_s = progress.steps_per_second() or len(pending) / max(
+          time.perf_counter() - t0, 1e-9)
+      computed['images_per_second'] = steps_per_s * config.batch_size
+      computed['steps_per_second'] = steps_per_s
+      writer.write_scalars(step, progress_lib.grouped('train', computed))
+      progress.log(progress_lib.train_line(step, total_steps, computed, computed[
+          'images_per_second'], steps_per_s, progress.eta()))
       pending, window_start, t0 = [], step, time.perf_counter()
     if do_eval:
-      with report.timed('eval'):
+      with progress.excluded():
         results = evaluate(evaluators, state, config, data_sharding)
-      writer.write_scalars(step, {f'eval_{k}': v for k, v in results.items()})
+      writer.write_scalars(step, progress_lib.grouped('eval', results))
       _write_eval_json(workdir, step, results)
-      _log('eval at step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in results.items()))
+      progress.log(f'eval at step {step}: {progress_lib.format_results(results)}')
     if do_save:
       best_top1 = max(results.get('top1', 0.0), results.get('ema_top1', 0.0))
       save(step, {'top1': best_top1} if do_eval else None, force=is_last)
@@ -307,15 +314,17 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
       _log('preemption requested: checkpoint at step %d, exiting', step)
       if not do_save:
         save(step, force=True)
+      progress.close()
       checkpointer.close()
       writer.flush()
       raise preemption.Preempted(step)
+  progress.close()
   checkpointer.close()
   writer.flush()
   if not results and start_step >= total_steps:  # already finished earlier: evaluate again
     results = evaluate(evaluators, state, config, data_sharding)
     if eval_only:  # --mode=eval records its results like a training eval
-      writer.write_scalars(start_step, {f'eval_{k}': v for k, v in results.items()})
+      writer.write_scalars(start_step, progress_lib.grouped('eval', results))
       writer.flush()
       _write_eval_json(workdir, start_step, results)
   return results

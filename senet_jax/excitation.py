@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from senet_jax.utils import quiet
+
 
 def batches_for(loaded, dataset, split, data_dir, classes, per_class, batch_size=64):
   """Eval batches of the split until every chosen class has `per_class` images."""
@@ -50,6 +52,7 @@ def main(argv=None) -> int:
   p.add_argument('--data_dir', default='')
   p.add_argument('--output', required=True, help='path prefix of the outputs')
   args = p.parse_args(argv)
+  quiet.tensorflow_banners()
   from senet_jax.analysis import excitation, loading
   try:
     loaded = loading.load(args.checkpoint)

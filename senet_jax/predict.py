@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from senet_jax.utils import xla_flags
+from senet_jax.utils import quiet, xla_flags
 
 
 def predict(checkpoint: str, paths: list[str], top: int = 5) -> list[list[tuple[str, float]]]:
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
                  help='refuse images whose header claims more pixels (default 40 million)')
   p.add_argument('images', nargs='+')
   args = p.parse_args(argv)
+  quiet.tensorflow_banners()
   xla_flags.configure_xla_cpu()
   from senet_jax.analysis.loading import CheckpointError
   try:

@@ -24,16 +24,36 @@ def parse_fields(items: list[str]) -> dict:
 
 
 def summary_table(name: str, resolution: int | None = None, depth: int = 1, **fields) -> str:
-  """The flax tabulate table of a registered model (shapes only, nothing is computed)."""
+  """The flax tabulate table of a registered model (shapes only, nothing is computed).
+
+  Its footer counts parameters and BatchNorm statistics separately (flax's own 'Total
+  Parameters' adds them up); the inputs column shows the image only.
+  """
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
+  import numpy as np
   from senet_jax.models import create_model, model_info
   resolution = resolution or model_info(name).resolution
   model = create_model(name, **fields)
+  images = jnp.zeros((1, resolution, resolution, 3))
   table = nn.tabulate(model, jax.random.key(0), depth=depth, compute_flops=False,
                       console_kwargs={'width': 140, 'force_terminal': False})
-  return table(jnp.zeros((1, resolution, resolution, 3)), train=False)
+  text = table(images, train=False)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+  counts = {k: sum(int(np.prod(v.shape)) for v in jax.tree.leaves(tree))
+            for k, tree in shapes.items()}
+  footer = (f'Parameters: {counts.get("params", 0):,} (trained)' +
+            ''.join(f'; {k}: {n:,} (not trained)' for k, n in counts.items() if k != 'params'))
+  lines = [footer if 'Total Parameters:' in line else line for line in text.splitlines()
+           if not _only_train_flag(line)]
+  return '\n'.join(lines) + '\n'
+
+
+def _only_train_flag(line: str) -> bool:
+  """The table row that lists the `train=False` keyword as a second model input."""
+  cells = [c.strip() for c in line.split('\u2502')[1:-1]]
+  return bool(cells) and [c for c in cells if c] in (['- train: False'], ['- False'])
 
 
 def main(argv=None) -> int:

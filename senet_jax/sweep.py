@@ -3,11 +3,14 @@ r"""Run, print or summarise a sweep: a config file with `get_sweep()` next to `g
     python -m senet_jax.sweep --config=configs/sweeps/se_reduction_ratio.py:quick --workdir=DIR
     python -m senet_jax.sweep --config=configs/sweeps/se_gate.py --workdir=DIR --print_commands
     python -m senet_jax.sweep --config=configs/sweeps/se_gate.py:quick --workdir=DIR --summarize
+    python -m senet_jax.sweep --config=configs/sweeps/se_gate.py:quick --workdir=DIR --seeds=0,1,2
 
-Each point trains in DIR/<point name> (resumable: a killed point resumes from its checkpoint,
-a finished point is skipped). --print_commands prints one `main.py` command per point for a
-cluster scheduler; --summarize writes DIR/summary.md and DIR/summary.csv from every point's
-eval results.
+Each point trains in DIR/<point name>, or with --seeds in DIR/<point name>/seed=<s> (resumable:
+a killed run resumes from its checkpoint, a finished one is skipped), printing its progress and
+time. --print_commands prints one `main.py` command per run for a cluster scheduler (absolute
+paths and this Python: they work from any directory); --summarize writes DIR/summary.md and
+DIR/summary.csv from every run's eval results: parameters, time, seeds, mean and spread of
+top-1 over seeds, and whether the points differ by more than that spread.
 """
 from __future__ import annotations
 
@@ -18,14 +21,17 @@ import json
 import os
 import shlex
 import sys
+import time
 from typing import Any
 
-DONE_FILE = 'sweep_point_done.json'
+from senet_jax.analysis.sweep_stats import DONE_FILE
+from senet_jax.utils import paths
 
 
 def load_sweep(config_arg: str) -> tuple[Any, list[dict[str, Any]], str, str]:
   """(config, points, config path, variant) from 'path.py' or 'path.py:variant'."""
   path, _, variant = config_arg.partition(':')
+  path = paths.resolve_repo_path(path)  # configs/sweeps/... works from any directory
   if not os.path.isfile(path):
     raise ValueError(f'--config {path!r} does not exist')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,59 +68,87 @@ def apply_point(config, point: dict[str, Any]):
   return config
 
 
-def command(path: str, variant: str, workdir: str, point: dict[str, Any]) -> str:
-  """The main.py command line of one point."""
-  spec = f'{path}:{variant}' if variant else path
-  args = ['python', 'main.py', f'--config={spec}', f'--workdir={workdir}']
+def command(path: str, variant: str, workdir: str, point: dict[str, Any],
+            seed: int | None = None) -> str:
+  """The main.py command line of one point (and seed), runnable from any directory."""
+  spec = os.path.abspath(path) + (f':{variant}' if variant else '')
+  if '://' not in workdir:  # leave bucket URLs as they are
+    workdir = os.path.abspath(workdir)
+  args = [sys.executable, os.path.join(paths.REPO_ROOT, 'main.py'), f'--config={spec}',
+          f'--workdir={workdir}']
   for key, value in sorted(point.items()):
     args.append(f'--config.{key}={value!r}' if isinstance(value, (tuple, list))
                 else f'--config.{key}={value}')
+  if seed is not None:
+    args.append(f'--config.seed={seed}')
   return ' '.join(shlex.quote(a) for a in args)
 
 
-def run(config, points, workdir: str) -> list[str]:
-  """Trains every unfinished point in turn; returns the names of the points it ran."""
+def run_dir(workdir: str, name: str, seed: int | None) -> str:
+  """Where one run trains: WORKDIR/<point>, or WORKDIR/<point>/seed=<s> with explicit seeds."""
+  point_dir = os.path.join(workdir, name)
+  return point_dir if seed is None else os.path.join(point_dir, f'seed={seed}')
+
+
+def count_params(config) -> int:
+  """Parameters of the configured model (shapes only, nothing is computed)."""
+  import jax
+  import numpy as np
+  from senet_jax.models import create_model
+  model = create_model(config.model, num_classes=config.num_classes, **config.model_kwargs)
+  images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), np.float32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
+
+
+def run(config, points, workdir: str, seeds: list[int] | None = None) -> list[str]:
+  """Trains every unfinished point (x seed) in turn; returns the run directories it trained,
+  relative to `workdir`. Prints each run's progress, result, time and the sweep's ETA."""
   import train
-  ran = []
-  for point in points:
+  from senet_jax.training.progress import format_duration
+  runs = [(point, seed) for point in points for seed in (seeds or [None])]
+  ran, seconds = [], []
+  for i, (point, seed) in enumerate(runs, start=1):
     name = point_name(point)
-    point_dir = os.path.join(workdir, name)
-    if os.path.exists(os.path.join(point_dir, DONE_FILE)):
-      print(f'[sweep] {name}: finished earlier, skipped')
+    directory = run_dir(workdir, name, seed)
+    label = f'[sweep {i}/{len(runs)}] {name}' + ('' if seed is None else f' seed {seed}')
+    if os.path.exists(os.path.join(directory, DONE_FILE)):
+      print(f'{label}: finished earlier, skipped', flush=True)
       continue
-    print(f'[sweep] {name}: training in {point_dir}')
-    results = train.train_and_evaluate(apply_point(config, point), point_dir)
-    with open(os.path.join(point_dir, DONE_FILE), 'w') as f:
-      json.dump({'point': point, 'results': results}, f, indent=1, default=str)
-    ran.append(name)
+    point_config = apply_point(config, point)
+    if seed is not None:
+      point_config.seed = seed
+    print(f'{label}: training in {directory}', flush=True)
+    t0 = time.perf_counter()
+    results = train.train_and_evaluate(point_config, directory)
+    seconds.append(time.perf_counter() - t0)
+    with open(os.path.join(directory, DONE_FILE), 'w') as f:
+      json.dump({'point': point, 'seed': point_config.seed, 'results': results,
+                 'seconds': seconds[-1], 'params': count_params(point_config)}, f, indent=1,
+                default=str)
+    left = sum(1 for p, s in runs[i:]
+               if not os.path.exists(os.path.join(run_dir(workdir, point_name(p), s), DONE_FILE)))
+    eta = format_duration(left * sum(seconds) / len(seconds))
+    runs_left = f'{left} run{"" if left == 1 else "s"} left'
+    print(f'{label}: top-1 {100 * results.get("top1", float("nan")):.2f}% in '
+          f'{format_duration(seconds[-1])}; {runs_left}, ETA {eta}', flush=True)
+    ran.append(os.path.relpath(directory, workdir))
   return ran
 
 
 def summarize(points, workdir: str) -> list[dict[str, Any]]:
-  """Final metrics of every point (missing ones marked), written as summary.md / .csv."""
-  rows = []
-  for point in points:
-    name = point_name(point)
-    path = os.path.join(workdir, name, 'eval_results.json')
-    row = {'point': name}
-    if os.path.exists(path):
-      with open(path) as f:
-        latest = json.load(f)['latest']
-      row.update({k: latest.get(k) for k in ('step', 'top1', 'top5', 'ema_top1', 'loss')})
-    row['finished'] = os.path.exists(os.path.join(workdir, name, DONE_FILE))
-    rows.append(row)
-  columns = ['point', 'finished', 'step', 'top1', 'top5', 'ema_top1', 'loss']
+  """Per point: params, time, seeds, mean / spread of the final metrics over its runs
+  (missing ones marked), written as summary.md (with a verdict) and summary.csv."""
+  from senet_jax.analysis import sweep_stats
+  rows = [sweep_stats.point_row(point_name(p),
+                                sweep_stats.collect_runs(os.path.join(workdir, point_name(p))))
+          for p in points]
   with open(os.path.join(workdir, 'summary.csv'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, columns)
+    writer = csv.DictWriter(f, sweep_stats.COLUMNS)
     writer.writeheader()
-    writer.writerows([{c: r.get(c) for c in columns} for r in rows])
-  fmt = lambda v: f'{100 * v:.2f}' if isinstance(v, float) else ('' if v is None else str(v))
-  lines = ['| point | finished | step | top-1 (%) | top-5 (%) | EMA top-1 (%) |',
-           '|---|---|---|---|---|---|']
-  lines += [f"| {r['point']} | {r['finished']} | {fmt(r.get('step'))} | {fmt(r.get('top1'))} | "
-            f"{fmt(r.get('top5'))} | {fmt(r.get('ema_top1'))} |" for r in rows]
+    writer.writerows([{c: r.get(c) for c in sweep_stats.COLUMNS} for r in rows])
   with open(os.path.join(workdir, 'summary.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+    f.write(sweep_stats.markdown(rows))
   return rows
 
 
@@ -124,15 +158,21 @@ def main(argv=None) -> int:
   p.add_argument('--workdir', required=True)
   p.add_argument('--print_commands', action='store_true', help='print, do not run')
   p.add_argument('--summarize', action='store_true', help='only collect results')
+  p.add_argument('--seeds', default='',
+                 help='comma-separated seeds, one run of every point each (default: one run '
+                      "with the config's seed); the summary then gives the spread over seeds")
   args = p.parse_args(argv)
   config, points, path, variant = load_sweep(args.config)
+  seeds = [int(s) for s in args.seeds.split(',') if s.strip()] or None
   if args.print_commands:
     for point in points:
-      print(command(path, variant, os.path.join(args.workdir, point_name(point)), point))
+      for seed in seeds or [None]:
+        print(command(path, variant, run_dir(args.workdir, point_name(point), seed), point,
+                      seed))
     return 0
   os.makedirs(args.workdir, exist_ok=True)
   if not args.summarize:
-    run(config, points, args.workdir)
+    run(config, points, args.workdir, seeds)
   summarize(points, args.workdir)
   with open(os.path.join(args.workdir, 'summary.md')) as f:
     print(f.read())

@@ -1,6 +1,8 @@
 """Research tools: CAM / Grad-CAM, excitation statistics, sweeps."""
+import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +40,53 @@ def test_cam_peak_follows_the_class_relevant_patch():
       assert heat.shape == (128, 128)
       peak = np.unravel_index(np.argmax(heat), heat.shape)
       assert abs(peak[0] - (row + 16)) <= 24 and abs(peak[1] - (col + 16)) <= 24, (fn, peak)
+
+
+class _Identity(nn.Module):
+  def __call__(self, x):
+    return x
+
+
+class _GapLinear(nn.Module):
+  """Hand-built 'network': the input is the feature map, then GAP + a linear head."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    feats = _Identity(name='features')(x)
+    return nn.Dense(2, name='fc')(feats.mean(axis=(1, 2)))
+
+
+def test_cam_and_grad_cam_on_a_hand_built_feature_map():
+  # Channel 0 lights the top-left cell, channel 1 the bottom-right; class 0 weighs them
+  # +1 and -0.5, so CAM = A0 - 0.5 A1 = +2 top-left, -1 bottom-right, 0 elsewhere.
+  # Min-max scaled: 1, 0 and 1/3. Grad-CAM's weights are d logit / d A_k averaged over the
+  # 16 cells = w_k / 16, so Grad-CAM = relu(CAM) / 16, scaled: 1 top-left, 0 everywhere else.
+  feats = np.zeros((1, 4, 4, 2), np.float32)
+  feats[0, 0, 0, 0] = 2.0
+  feats[0, 3, 3, 1] = 2.0
+  model = _GapLinear()
+  kernel = np.array([[1.0, 0.0], [-0.5, 0.0]], np.float32)
+  variables = {'params': {'fc': {'kernel': kernel, 'bias': np.zeros(2, np.float32)}}}
+  expected_cam = np.full((4, 4), 1 / 3, np.float32)
+  expected_cam[0, 0], expected_cam[3, 3] = 1.0, 0.0
+  expected_grad_cam = np.zeros((4, 4), np.float32)
+  expected_grad_cam[0, 0] = 1.0
+  got_cam = np.asarray(cam.cam(model, variables, jnp.asarray(feats), [0])[0])
+  got_grad_cam = np.asarray(cam.grad_cam(model, variables, jnp.asarray(feats), [0])[0])
+  np.testing.assert_allclose(got_cam, expected_cam, atol=1e-6)
+  np.testing.assert_allclose(got_grad_cam, expected_grad_cam, atol=1e-6)
+
+
+def test_feature_map_check_refuses_1x1_and_suggests_a_resolution():
+  model = create_model('se_resnet18', num_classes=2, **TINY_RESNET)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                                train=False))  # shapes are all it needs
+  assert cam.feature_map_size(model, variables, 32) == (1, 1)  # stride 32
+  assert cam.feature_map_size(model, variables, 128) == (4, 4)
+  with pytest.raises(cam.FeatureMapTooSmall, match=r'1x1 at 32 px.*--resolution=128'):
+    cam.check_feature_map((1, 1), 32)
+  assert '2x2' in cam.check_feature_map((2, 2), 64)  # coarse: drawn, with a note
+  assert cam.check_feature_map((4, 4), 128) is None
 
 
 def test_overlay_is_uint8_rgb(tmp_path):
@@ -113,16 +162,27 @@ def test_predict_and_cam_cli_on_a_checkpoint(trained, tmp_path):
   preds = predict.predict(workdir, paths)
   assert len(preds) == 2 and len(preds[0]) == 5
   assert preds[0][0][0].startswith('class ') and 0 < sum(p for _, p in preds[0]) <= 1.0001
-  written = cam_cli.run(workdir, paths, str(tmp_path / 'cams'), 'gradcam')
+  with pytest.raises(cam.FeatureMapTooSmall):  # 32 px: a 1x1 last feature map
+    cam_cli.run(workdir, paths, str(tmp_path / 'cams'), 'gradcam')
+  assert cam_cli.main([f'--checkpoint={workdir}', f'--output={tmp_path}', paths[0]]) == 2
   from PIL import Image
-  assert Image.open(written[0]).size == (32, 32)
+  big = str(tmp_path / 'big.png')  # drawn at the input's resolution, not the model's
+  Image.open(paths[0]).resize((100, 100)).save(big)
+  written = cam_cli.run(workdir, paths[:1] + [big], str(tmp_path / 'cams'), 'gradcam',
+                        resolution=64)
+  assert Image.open(written[0]).size == (32, 32) and Image.open(written[1]).size == (100, 100)
+  assert os.path.getsize(written[1].replace('.png', '.figure.png')) > 1000
 
 
 def test_summary_table_and_class_names():
   from senet_jax import summary
   from senet_jax.analysis import loading
   table = summary.summary_table('se_resnet18', 64)
-  assert 'layer1_0' in table and 'Total Parameters' in table
+  # 11,778,592: timm's legacy_seresnet18. BN channels 64 + 4x64 + (4+1)x128 + (4+1)x256 +
+  # (4+1)x512 = 4,800, a mean and a variance each: 9,600 statistics.
+  assert 'layer1_0' in table
+  assert 'Parameters: 11,778,592 (trained); batch_stats: 9,600 (not trained)' in table
+  assert 'Total Parameters' not in table and 'train: False' not in table
   names = loading.class_names(1000)
   assert len(names) == 1000 and names[0].startswith('tench')
 
@@ -178,3 +238,81 @@ def test_every_shipped_sweep_expands_on_its_quick_config():
     for point in points:
       built = sweep.apply_point(config, point)
       create_model(built.model, num_classes=10, **built.model_kwargs)
+
+
+def _fake_run(workdir, top1, seed, seconds=10.0, params=1000):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'eval_results.json'), 'w') as f:
+    json.dump({'latest': {'step': 5, 'top1': top1, 'top5': 1.0}}, f)
+  with open(os.path.join(workdir, 'sweep_point_done.json'), 'w') as f:
+    json.dump({'seed': seed, 'seconds': seconds, 'params': params}, f)
+
+
+def test_sweep_summary_spread_over_seeds_and_verdict(tmp_path):
+  from senet_jax import sweep
+  points = [{'model_kwargs.se_reduction': 4.0}, {'model_kwargs.se_reduction': 8.0}]
+  # r=4: 0.90, 0.92, 0.94 (mean 0.92, std 0.02); r=8: 0.91, 0.93, 0.95 (mean 0.93, std 0.02).
+  for point, base in zip(points, (0.90, 0.91)):
+    for seed in range(3):
+      _fake_run(sweep.run_dir(str(tmp_path), sweep.point_name(point), seed),
+                base + 0.02 * seed, seed)
+  rows = sweep.summarize(points, str(tmp_path))
+  assert rows[0]['top1'] == pytest.approx(0.92) and rows[0]['top1_std'] == pytest.approx(0.02)
+  assert rows[1]['seeds'] == '0 1 2' and rows[1]['params'] == 1000 and rows[1]['runs'] == 3
+  text = open(tmp_path / 'summary.md').read()
+  assert 'within the seed spread' in text and '1.00 pp' in text and '2.00 pp' in text
+  # Far apart: r=8 at 0.99 +- 0.01 beats r=4 (0.92 +- 0.02) by 7 pp > 2 x 2 pp.
+  for seed, v in enumerate((0.98, 0.99, 1.0)):
+    _fake_run(sweep.run_dir(str(tmp_path), 'se_reduction=8.0', seed), v, seed)
+  sweep.summarize(points, str(tmp_path))
+  assert 'Best: se_reduction=8.0 (99.00%)' in open(tmp_path / 'summary.md').read()
+
+
+def test_sweep_with_one_seed_says_the_spread_is_unknown(tmp_path):
+  from senet_jax import sweep
+  points = [{'model_kwargs.se_reduction': 4.0}, {'model_kwargs.se_reduction': 8.0}]
+  for point, v in zip(points, (0.9889, 0.9861)):  # one test image of 359 apart
+    _fake_run(sweep.run_dir(str(tmp_path), sweep.point_name(point), None), v, 0)
+  sweep.summarize(points, str(tmp_path))
+  assert 'rerun with --seeds=0,1,2' in open(tmp_path / 'summary.md').read()
+
+
+def test_sweep_runs_every_seed_and_prints_runnable_commands(tmp_path, monkeypatch, capsys):
+  import sys
+  import train
+  from senet_jax import sweep
+  trained_dirs = []
+
+  def fake_train(config, workdir):  # the sweep's bookkeeping, without training
+    trained_dirs.append((os.path.relpath(workdir, tmp_path / 'w'), config.seed))
+    _fake_run(workdir, 0.5, config.seed)
+    return {'top1': 0.5}
+  monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
+  monkeypatch.setattr(sweep, 'count_params', lambda config: 7)
+  config, points, _, _ = sweep.load_sweep('configs/sweeps/se_gate.py:quick')
+  ran = sweep.run(config, points[:2], str(tmp_path / 'w'), seeds=[0, 1])
+  assert ran == [d for d, _ in trained_dirs] == [
+      'se_gate=sigmoid/seed=0', 'se_gate=sigmoid/seed=1', 'se_gate=tanh/seed=0',
+      'se_gate=tanh/seed=1']
+  assert [s for _, s in trained_dirs] == [0, 1, 0, 1]
+  out = capsys.readouterr().out
+  assert '[sweep 1/4]' in out and '[sweep 4/4]' in out and 'ETA' in out
+  assert sweep.run(config, points[:2], str(tmp_path / 'w'), seeds=[0, 1]) == []
+  capsys.readouterr()
+  monkeypatch.chdir(tmp_path)  # relative config path from outside the clone
+  assert sweep.main(['--config=configs/sweeps/se_gate.py:quick', '--workdir=rel',
+                     '--print_commands', '--seeds=3']) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == len(points)
+  first = lines[0].split()
+  assert first[0] == sys.executable and os.path.isfile(first[1]) and first[1].endswith('main.py')
+  config_file = first[2].split('=', 1)[1].rsplit(':', 1)[0]
+  assert os.path.isabs(config_file) and os.path.isfile(config_file)
+  assert f'--workdir={tmp_path}/rel/' in lines[0] and lines[0].endswith('--config.seed=3')
+
+
+def test_sweep_counts_parameters_from_shapes():
+  from senet_jax import sweep
+  config, points, _, _ = sweep.load_sweep('configs/sweeps/se_reduction_ratio.py')
+  config = sweep.apply_point(config, {'model_kwargs.se_reduction': 16.0})
+  assert sweep.count_params(config) == 28_088_024  # SE-ResNet-50 (timm legacy_seresnet50)

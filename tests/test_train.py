@@ -1,6 +1,7 @@
 """The trainer end to end on the offline digits dataset (tiny model, a handful of steps)."""
 import glob
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -32,12 +33,21 @@ def tiny_config(data_dir, **kw):
   return config
 
 
-def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
+def test_train_and_evaluate_end_to_end(data_dir, tmp_path, caplog):
   workdir = str(tmp_path / 'run')
   config = tiny_config(data_dir, ema_decay=0.0, evals='flipped',
                        eval_definitions={'flipped': dict(dataset='senet_digits', split='test',
                                                          flip=True)})
+  caplog.set_level(logging.INFO)
   results = train.train_and_evaluate(config, workdir)
+  # One line per log step (every 2 steps, and at the step-3 checkpoint), none from clu's
+  # logging writer; the compilations are announced.
+  log = [r.getMessage() for r in caplog.records]
+  assert [m.split(' |')[0] for m in log if m.startswith('step ')] == [
+      'step 2/6', 'step 3/6', 'step 4/6', 'step 6/6']
+  assert sum(m.startswith('eval at step 6: top1') for m in log) == 1
+  assert not [m for m in log if 'train_loss' in m or 'train/loss' in m]
+  assert any(m.startswith('compiling the train step ... done in') for m in log)
   assert results['num_examples'] == 359 and 'ema_top1' not in results
   assert 0.0 <= results['top1'] <= results['top5'] <= 1.0
   # A second evaluator (flip TTA) reports under its own name, next to the main one.
@@ -50,7 +60,9 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
   assert train.evaluate_only(config, workdir) == pytest.approx(results)
   with open(os.path.join(workdir, 'eval_results.json')) as f:
     history = json.load(f)['history']
-  assert [h['step'] for h in history] == [6, 6] and history[1] == history[0]
+  # One entry per step: the re-evaluation replaces the training eval of step 6 (same numbers).
+  assert [h['step'] for h in history] == [6]
+  assert {k: v for k, v in history[0].items() if k != 'step'} == pytest.approx(results)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
 

@@ -4,7 +4,10 @@ Both use the last feature map A (the model's 'features' tap, right before global
 - CAM_c = sum_k w[k, c] A_k with w the classifier kernel (exact for GAP + linear heads, which
   every registered model has);
 - Grad-CAM_c = relu(sum_k alpha_k A_k), alpha_k = mean over positions of d logit_c / d A_k.
-Maps are upsampled (bilinear) to the image size and scaled to [0, 1].
+Maps are upsampled (bilinear) to the image size and scaled to [0, 1]. For such heads Grad-CAM
+is ReLU(CAM) up to a positive factor (alpha_k = w[k, c] / HW): the two differ where CAM is
+negative (evidence against the class), which Grad-CAM clips to zero. A last feature map of 1x1
+(e.g. a stride-32 network at 32 px) has no spatial extent: `check_feature_map` refuses it.
 """
 from __future__ import annotations
 
@@ -33,6 +36,33 @@ def _apply_with_tap(model, variables, images, delta=None):
   with nn.intercept_methods(interceptor):
     logits = model.apply(variables, images, train=False)
   return logits, captured['features']
+
+
+class FeatureMapTooSmall(ValueError):
+  """The last feature map is too small for a class activation map."""
+
+
+def feature_map_size(model, variables, image_size: int) -> tuple[int, int]:
+  """(height, width) of the last feature map at `image_size` (shapes only, nothing computed)."""
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  _, feats = jax.eval_shape(lambda v, x: _apply_with_tap(model, v, x), variables, images)
+  return int(feats.shape[1]), int(feats.shape[2])
+
+
+def check_feature_map(size: tuple[int, int], image_size: int, minimum: int = 2) -> str | None:
+  """Raises FeatureMapTooSmall below `minimum` cells a side; returns a warning when coarse."""
+  stride = max(image_size // max(min(size), 1), 1)
+  suggested = stride * 4  # a 4x4 map: the coarsest that localises anything
+  where = f'the last feature map is {size[0]}x{size[1]} at {image_size} px (stride {stride})'
+  if min(size) < minimum:
+    raise FeatureMapTooSmall(
+        f'{where}: a class activation map needs at least {minimum}x{minimum}. Use a model '
+        f'trained at >= {suggested} px (configs/quickstart_cam.py for the quickstart), or '
+        f'--resolution={suggested} to run this one on upsampled inputs (its predictions may '
+        'change).')
+  if min(size) < 4:
+    return f'{where}: the map is coarse; >= {suggested} px gives 4x4'
+  return None
 
 
 def head_kernel(variables) -> jax.Array:
@@ -72,8 +102,9 @@ def grad_cam(model, variables, images, classes) -> jax.Array:
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-  """uint8 RGB image with a jet-coloured heatmap blended on top."""
+  """uint8 RGB image with a jet-coloured heatmap blended on top (heatmap resized to the image)."""
   import matplotlib
+  heatmap = resize_map(heatmap, np.shape(image)[:2])
   colours = matplotlib.colormaps['jet'](np.asarray(heatmap))[..., :3]
   image = np.asarray(image, np.float32)
   if image.max() > 1.0:
@@ -81,10 +112,73 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.nd
   return (255 * np.clip((1 - alpha) * image + alpha * colours, 0, 1)).astype(np.uint8)
 
 
+def resize_map(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """A [0, 1] map resized (bilinear) to `size` = (height, width)."""
+  heatmap = np.asarray(heatmap, np.float32)
+  if heatmap.shape == tuple(size):
+    return heatmap
+  return np.clip(np.asarray(jax.image.resize(heatmap, tuple(size), 'bilinear')), 0.0, 1.0)
+
+
 def save_overlays(images_uint8, maps, paths: list[str]) -> list[str]:
-  """Writes one PNG overlay per image."""
+  """Writes one PNG overlay per image, at the image's own resolution."""
   from PIL import Image
-  for image, heatmap, path in zip(images_uint8, np.asarray(maps), paths):
+  for image, heatmap, path in zip(images_uint8, maps, paths):
     Image.fromarray(overlay(image, heatmap)).save(path)
   return paths
 
+
+def save_figure(image: np.ndarray, heatmap: np.ndarray, title: str, path: str) -> str:
+  """Input beside the overlay with a colour bar and `title` (class, score), as a PNG."""
+  from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+  heatmap = resize_map(heatmap, np.shape(image)[:2])
+  fig = Figure(figsize=(6.4, 3.3), dpi=100, layout='constrained')
+  left, right = fig.subplots(1, 2)
+  # 'nearest' shows the input's own pixels however small it is.
+  left.imshow(image, interpolation='nearest')
+  left.set_title(f'input ({image.shape[1]}x{image.shape[0]} px)', fontsize=9)
+  right.imshow(image, interpolation='nearest')
+  shown = right.imshow(heatmap, cmap='jet', alpha=0.5, vmin=0.0, vmax=1.0,
+                       interpolation='nearest')
+  right.set_title('class activation', fontsize=9)
+  fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04, label='relative activation')
+  for axis in (left, right):
+    axis.set_axis_off()
+  fig.suptitle(title, fontsize=10)
+  fig.savefig(path)
+  return path
+
+
+def load_images(paths: list[str], image_size: int, interpolation: str, crop_fraction: float,
+                mean_rgb, std_rgb) -> tuple[np.ndarray | None, list[np.ndarray], list[str],
+                                            list[str]]:
+  """(normalised batch at `image_size`, uint8 centre crops, paths kept, errors).
+
+  The crops are the regions the model sees (the eval centre crop), before resizing, so maps
+  are drawn at the input's resolution rather than the model's. A file that is missing, not an
+  image or over the pixel limit (checked from its header, before decoding) is skipped with one
+  error line naming it; batch is None when no file could be used.
+  """
+  import tensorflow as tf
+  from senet_jax.analysis.loading import ImageError, read_image_bytes
+  from senet_jax.data import preprocess
+  batch, crops, kept, errors = [], [], [], []
+  for path in paths:
+    try:
+      data = read_image_bytes(path)
+      try:
+        image = preprocess.decode_image(tf.constant(data))
+      except tf.errors.OpError as err:
+        raise ImageError(f'{path}: cannot decode it ({err.message.splitlines()[0][:200]})'
+                         ) from None
+    except ImageError as err:
+      errors.append(str(err))
+      continue
+    shape = tf.shape(image)
+    top, left, size = (int(v) for v in preprocess.center_crop_window(
+        shape[0], shape[1], image_size, crop_fraction))
+    crops.append(np.asarray(image)[top:top + size, left:left + size])
+    x = preprocess.eval_image(image, image_size, interpolation, crop_fraction)
+    batch.append(np.asarray(preprocess.normalize(x, mean_rgb, std_rgb)))
+    kept.append(path)
+  return (np.stack(batch) if batch else None), crops, kept, errors

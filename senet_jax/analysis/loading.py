@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 from senet_jax.models import create_model
 from senet_jax.training.checkpoint import CheckpointError, load_params
+from senet_jax.utils import quiet
 
 CLASS_NAMES_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'data',
                                 'imagenet_classes.txt')
@@ -59,7 +60,8 @@ def read_meta(directory: str) -> dict:
 
 def load(directory: str) -> Loaded:
   """Model + float32 variables + preprocessing of the newest checkpoint under `directory`."""
-  meta = read_meta(directory)
+  with quiet.orbax_read_only():
+    meta = read_meta(directory)
   if 'config' in meta:  # a training checkpoint
     config = _tuples(json.loads(meta['config']))
     model_name, kwargs, num_classes = config['model'], config['model_kwargs'], config['num_classes']
@@ -70,7 +72,8 @@ def load(directory: str) -> Loaded:
         'num_classes']
   prep = meta['preprocessing']
   model = create_model(model_name, num_classes=num_classes, dtype=jnp.float32, **kwargs)
-  weights = load_params(directory)
+  with quiet.orbax_read_only():
+    weights = load_params(directory)
   return Loaded(model, weights, num_classes, prep['image_size'], prep['eval_crop_fraction'],
                 prep['interpolation'], tuple(prep['mean_rgb']), tuple(prep['std_rgb']), config)
 

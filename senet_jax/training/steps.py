@@ -18,8 +18,13 @@ from senet_jax.training.state import TrainState
 
 @flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
-  """Training metrics; per-example values are averaged over unmasked examples."""
+  """Training metrics; per-example values are averaged over unmasked examples.
+
+  `loss` is the cross-entropy (against label-smoothed targets); `l2` is the weight-decay term
+  (weight_decay x L2 penalty) that the optimised objective adds to it.
+  """
   loss: metrics.Average.from_output('loss')
+  l2: metrics.Average.from_output('l2')
   top1: metrics.Average.from_output('top1')
   top5: metrics.Average.from_output('top5')
   learning_rate: metrics.LastValue.from_output('learning_rate')
@@ -137,8 +142,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
                          if ema_on else batch_stats))
     nonfinite = 1.0 - jnp.isfinite(jnp.sum(out['loss'] * out['mask'])).astype(jnp.float32)
     per_example = lambda scalar: jnp.full_like(out['loss'], scalar)  # clu masks per example
+    l2 = config.weight_decay * optim.l2_penalty(state.params, wd_mask_fn(state.params))
     step_metrics = TrainMetrics.single_from_model_output(
-        **out, learning_rate=per_example(schedule(state.step)),
+        **out, l2=per_example(l2), learning_rate=per_example(schedule(state.step)),
         grad_norm=per_example(optax.global_norm(grads)), nonfinite=per_example(nonfinite))
     return new_state, step_metrics
 

@@ -1,0 +1,34 @@
+"""Command-line paths that also work outside the clone."""
+from __future__ import annotations
+
+import os
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def resolve_repo_path(path: str, root: str = REPO_ROOT) -> str:
+  """`path` if it exists from the working directory, else the same path under the clone.
+
+  Lets `--config=configs/quickstart.py` run from any directory; a path found in neither place
+  is returned unchanged (the caller's error then names it).
+  """
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  candidate = os.path.join(root, path)
+  return candidate if os.path.exists(candidate) else path
+
+
+def resolve_config_flag(argv: list[str], root: str = REPO_ROOT) -> list[str]:
+  """argv with the file of `--config=FILE[:variant]` (or `--config FILE`) resolved as above."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith('--config='):
+      out[i] = '--config=' + _resolve_spec(arg[len('--config='):], root)
+    elif arg == '--config' and i + 1 < len(out):
+      out[i + 1] = _resolve_spec(out[i + 1], root)
+  return out
+
+
+def _resolve_spec(spec: str, root: str) -> str:
+  path, sep, variant = spec.partition(':')
+  return resolve_repo_path(path, root) + sep + variant

@@ -1,0 +1,43 @@
+"""Silences library log lines that our own usage makes meaningless."""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+# What orbax warns about on every read-only CheckpointManager, and when a restore takes only some
+# of a checkpoint's items (we read 'meta' and the weights separately on purpose).
+ORBAX_READ_ONLY = ('read_only=True', 'directory is read only', 'could not be restored')
+
+
+class _DropMessages(logging.Filter):
+  def __init__(self, fragments):
+    super().__init__()
+    self.fragments = fragments
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR:
+      return True
+    message = record.getMessage()
+    return not any(f in message for f in self.fragments)
+
+
+@contextlib.contextmanager
+def orbax_read_only():
+  """Inside: orbax's warnings about a read-only manager / partial restore are dropped."""
+  logger = logging.getLogger('absl')  # orbax logs through absl.logging
+  drop = _DropMessages(ORBAX_READ_ONLY)
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
+def tensorflow_banners() -> None:
+  """Before TF is imported: no oneDNN banner (TF prints it once per library it loads).
+
+  TF only decodes and resizes images in senet_jax; its oneDNN kernels change nothing there.
+  """
+  import os
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
