@@ -3,7 +3,7 @@ r"""XLA:CPU under each allocator setting: time, page faults and peak memory of a
     python benchmarks/allocator.py                       # EfficientNet-B0, 224 px, batch 16
     python benchmarks/allocator.py --model=se_resnet50 --shape=64x64 --rounds=3
 
-Each setting (`SETTINGS`, plus `mimalloc=PATH` / jemalloc when found) runs the same compiled
+Each setting (`settings()`: glibc as is, tuned, THP; jemalloc when installed, mimalloc given a path) runs the same compiled
 step in a fresh process (the compiled step comes from a shared compilation cache after the first
 one), in alternating rounds so machine noise hits all of them; it prints per setting the median
 ms per step, minor page faults per step (getrusage) and the process's peak RSS.
@@ -20,23 +20,23 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# Keep freed memory: nothing through mmap, no trimming, one arena (worker threads' large
+# blocks would otherwise be mmapped by their own arenas whatever mmap_max says).
+GLIBC_TUNED = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776:'
+               'glibc.malloc.top_pad=67108864:glibc.malloc.arena_max=1')
 
 
 def settings(mimalloc: str | None) -> dict[str, dict[str, str]]:
   """Setting name -> environment overrides."""
   from senet_jax.utils import allocator
-  out = {'glibc default': {'SENET_ALLOCATOR': 'none'},
-         'glibc tuned (GLIBC_TUNABLES)': {'SENET_ALLOCATOR': 'none',
-                                          'GLIBC_TUNABLES': allocator.GLIBC_TUNABLES},
-         'glibc THP (hugetlb=1)': {'SENET_ALLOCATOR': 'none',
-                                   'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}}
+  out = {'glibc default': {},
+         'glibc tuned (GLIBC_TUNABLES)': {'GLIBC_TUNABLES': GLIBC_TUNED},
+         'glibc THP (hugetlb=1)': {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}}
   jemalloc = allocator.find_jemalloc()
   if jemalloc:
-    out['jemalloc'] = {'SENET_ALLOCATOR': 'none', 'LD_PRELOAD': jemalloc,
-                       'MALLOC_CONF': allocator.MALLOC_CONF}
+    out['jemalloc'] = {'LD_PRELOAD': jemalloc, 'MALLOC_CONF': allocator.MALLOC_CONF}
   if mimalloc:
-    out['mimalloc'] = {'SENET_ALLOCATOR': 'none', 'LD_PRELOAD': mimalloc,
-                       'MIMALLOC_PURGE_DELAY': '-1'}
+    out['mimalloc'] = {'LD_PRELOAD': mimalloc, 'MIMALLOC_PURGE_DELAY': '-1'}
   return out
 
 
@@ -85,7 +85,8 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as cache:
     cmd = [sys.executable, os.path.abspath(__file__), '--child', f'--cache={cache}',
            f'--model={args.model}', f'--shape={args.shape}', f'--steps={args.steps}']
-    base = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'LD_PRELOAD')}
+    base = {k: v for k, v in os.environ.items()
+            if k not in ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_CONF')}
     for _ in range(args.rounds):
       for name, env in cases.items():
         out = subprocess.run(cmd, env={**base, **env}, capture_output=True, text=True)

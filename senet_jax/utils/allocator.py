@@ -1,10 +1,17 @@
-"""Run under jemalloc when it is installed: XLA:CPU then stops page-faulting every step.
+"""Run under jemalloc when it is installed (`reexec_with_jemalloc()`; SENET_NO_JEMALLOC=1 opts out).
 
-XLA:CPU allocates large temporaries per execution; glibc serves allocations over 32 MB with
-fresh mmaps, so each training step page-faults its whole working set again (measured: a
-depthwise-conv weight gradient spent 95 ms in the kernel and 57 ms computing). jemalloc with
-decay disabled keeps freed pages and halves such steps. `reexec_with_jemalloc()` restarts the
-current command once with jemalloc preloaded; set SENET_NO_JEMALLOC=1 to opt out.
+What XLA:CPU asks of the allocator (jaxlib 0.10, measured 2026-12-03 with strace and getrusage,
+`python benchmarks/allocator.py`): each execution of a compiled step gets its temporaries as
+ONE buffer (163 MiB for an EfficientNet-B0 training step at 64 px batch 16), mapped with mmap
+on an XLA worker thread and unmapped at the end, so every step page-faults all of it again
+(41.7k minor faults per step, 4 KiB each). That buffer is mapped at its exact size, not through
+malloc: glibc's tunables (GLIBC_TUNABLES glibc.malloc.mmap_max=0, trim_threshold, top_pad,
+arena_max=1, or hugetlb=1) move malloc's own large blocks onto the heap but left the faults per
+step unchanged (41.7k under each), so none is set here. jemalloc's one arena without decay is
+kept as an option where it is installed (`apt-get install libjemalloc2`); otherwise mimalloc
+from the pip package `cmeel-mimalloc` (no root needed) with purging off, when installed, which
+took the faults to 0 per step (peak RSS 1.17 vs 0.95 GB). The re-exec below restarts the
+command once with the library preloaded.
 """
 from __future__ import annotations
 
@@ -17,7 +24,6 @@ CANDIDATES = ('/usr/lib/x86_64-linux-gnu/libjemalloc.so.2', '/usr/lib/aarch64-li
 # One arena: with decay off, per-thread arenas each keep their own freed pages (measured
 # 9.3 GB peak for an EfficientNet-B0 step vs 5.4 GB with glibc); one arena keeps glibc's peak.
 MALLOC_CONF = 'dirty_decay_ms:-1,muzzy_decay_ms:-1,narenas:1'
-GLIBC_TUNABLES = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776:glibc.malloc.top_pad=67108864'
 
 
 def find_jemalloc() -> str | None:
@@ -25,21 +31,38 @@ def find_jemalloc() -> str | None:
   return next((p for p in CANDIDATES if os.path.exists(p)), None)
 
 
+def find_mimalloc() -> str | None:
+  """libmimalloc of the pip package `cmeel-mimalloc` when it is installed, or None."""
+  import sysconfig
+  paths = sysconfig.get_paths()
+  candidates = (os.path.join(paths[k], 'cmeel.prefix', 'lib', 'libmimalloc.so.3')
+                for k in ('purelib', 'platlib'))
+  return next((p for p in candidates if os.path.exists(p)), None)
+
+
 def jemalloc_env(environ=None) -> dict[str, str] | None:
-  """The environment to re-run with, or None when not needed / not possible."""
+  """The environment to re-run with (jemalloc, else pip's mimalloc), or None when not needed
+  or not possible."""
   environ = dict(os.environ if environ is None else environ)
-  if environ.get('SENET_NO_JEMALLOC') or 'jemalloc' in environ.get('LD_PRELOAD', ''):
+  preloaded = environ.get('LD_PRELOAD', '')
+  if environ.get('SENET_NO_JEMALLOC') or 'jemalloc' in preloaded or 'mimalloc' in preloaded:
     return None
-  library = find_jemalloc()
-  if library is None or not sys.platform.startswith('linux'):
+  if not sys.platform.startswith('linux'):
     return None
-  preload = ' '.join(p for p in (library, environ.get('LD_PRELOAD', '')) if p)
-  return {**environ, 'LD_PRELOAD': preload,
-          'MALLOC_CONF': environ.get('MALLOC_CONF', MALLOC_CONF), 'SENET_NO_JEMALLOC': '1'}
+  library, settings = find_jemalloc(), {'MALLOC_CONF': environ.get('MALLOC_CONF', MALLOC_CONF)}
+  if library is None:
+    # Freed pages are kept (no purge), as jemalloc's decay -1: measured 0 page faults per
+    # step instead of 41.7k (EfficientNet-B0, 64 px batch 16).
+    library, settings = find_mimalloc(), {
+        'MIMALLOC_PURGE_DELAY': environ.get('MIMALLOC_PURGE_DELAY', '-1')}
+  if library is None:
+    return None
+  preload = ' '.join(p for p in (library, preloaded) if p)
+  return {**environ, 'LD_PRELOAD': preload, **settings, 'SENET_NO_JEMALLOC': '1'}
 
 
 def reexec_with_jemalloc() -> None:
-  """Replaces the current process by the same command under jemalloc (if available)."""
+  """Replaces the current process by the same command under jemalloc or mimalloc (if found)."""
   env = jemalloc_env()
   if env is not None:
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
