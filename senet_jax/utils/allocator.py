@@ -1,17 +1,16 @@
-"""Run under jemalloc when it is installed (`reexec_with_jemalloc()`; SENET_NO_JEMALLOC=1 opts out).
+"""Run under jemalloc, else pip's mimalloc, when installed (`reexec_with_jemalloc()`).
 
 What XLA:CPU asks of the allocator (jaxlib 0.10, measured 2026-12-03 with strace and getrusage,
 `python benchmarks/allocator.py`): each execution of a compiled step gets its temporaries as
-ONE buffer (163 MiB for an EfficientNet-B0 training step at 64 px batch 16), mapped with mmap
-on an XLA worker thread and unmapped at the end, so every step page-faults all of it again
-(41.7k minor faults per step, 4 KiB each). That buffer is mapped at its exact size, not through
-malloc: glibc's tunables (GLIBC_TUNABLES glibc.malloc.mmap_max=0, trim_threshold, top_pad,
-arena_max=1, or hugetlb=1) move malloc's own large blocks onto the heap but left the faults per
-step unchanged (41.7k under each), so none is set here. jemalloc's one arena without decay is
-kept as an option where it is installed (`apt-get install libjemalloc2`); otherwise mimalloc
-from the pip package `cmeel-mimalloc` (no root needed) with purging off, when installed, which
-took the faults to 0 per step (peak RSS 1.17 vs 0.95 GB). The re-exec below restarts the
-command once with the library preloaded.
+ONE buffer (163 MiB for an EfficientNet-B0 training step at 64 px batch 16), mmapped on an XLA
+worker thread and unmapped at the end, so under glibc every step page-faults all of it again
+(41.7k minor faults per step). glibc's tunables (GLIBC_TUNABLES glibc.malloc.mmap_max=0,
+trim_threshold, top_pad, arena_max=1, or hugetlb=1) left that at 41.7k faults per step (one
+run each; why mmap_max=0 with one arena did not keep the buffer on the heap is not understood),
+so none is set. An allocator that keeps freed pages does fix it: mimalloc from the pip package
+`cmeel-mimalloc` (no root) with purging off measured 0 faults per step (peak RSS 1.18 GB vs
+glibc's 0.95-1.20). jemalloc with one arena and no decay, where installed
+(`apt-get install libjemalloc2`), is preferred as before. SENET_NO_JEMALLOC=1 opts out of both.
 """
 from __future__ import annotations
 
