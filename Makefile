@@ -1,4 +1,5 @@
-# make test        - create .venv if missing, install, run the test suite
+# make test        - create .venv if missing, install, run the test suite (slow tests left out)
+# make test-slow   - the tests marked slow (tests/suite_cost.py); .ci/run runs both
 # make quickstart  - create .venv if missing, train an SE network on the offline digits dataset
 # make bench       - speed benchmark against timm (see README.md, "Speed")
 PYTHON ?= python3.11
@@ -16,7 +17,7 @@ endif
 # Tests use both cores of the reference machine; override with `make test PYTEST_WORKERS=4`.
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-all quickstart bench clean
+.PHONY: test test-slow test-all quickstart bench clean
 
 $(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,11 +29,18 @@ $(STAMP): $(RUNTIME_STAMP) requirements-test.txt
 	$(PY) -m pip install -q -r requirements-test.txt
 	@touch $(STAMP)
 
+# worksteal: an idle worker takes queued tests from the busy one, so one long test near the end
+# does not leave a core idle.
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal
+
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow"
+	$(PYTEST) -m "not slow"
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow
 
 test-all: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS)
+	$(PYTEST)
 
 quickstart: $(RUNTIME_STAMP)
 	$(PY) main.py --config=configs/quickstart.py --workdir=workdir/quickstart

@@ -208,6 +208,8 @@ def main(argv=None):
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   import jax
   on_gpu = jax.default_backend() == 'gpu'
+  if not args.in_process:
+    print(environment(args.threads), flush=True)
   ceilings = roofline.measure_ceilings() if on_gpu and not args.in_process else None
   if ceilings:
     print(f"measured ceilings: bf16 matmul {ceilings['peak_bf16_tflops']:.0f} TFLOP/s, "
@@ -232,11 +234,40 @@ def main(argv=None):
         rows.append(row)
         print(format_row(row), flush=True)
   print('\n' + markdown_table(rows))
-  print(f'\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}), '
-        f'{args.threads} threads, jax {jax.__version__}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+  print(f'\n{environment(args.threads)}')
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({'rows': rows, 'device': jax.devices()[0].device_kind}, f, indent=1)
+
+
+def allocator_name(environ=None) -> str:
+  """The allocator both frameworks run on, as main.py's re-exec leaves it."""
+  environ = os.environ if environ is None else environ
+  preload = environ.get('LD_PRELOAD', '')
+  if 'jemalloc' in preload:
+    return f"jemalloc ({preload.split()[0]}, MALLOC_CONF={environ.get('MALLOC_CONF', '')})"
+  if 'mimalloc' in preload:
+    return f'mimalloc ({preload.split()[0]})'
+  tunables = environ.get('GLIBC_TUNABLES')
+  return 'glibc malloc' + (f' (GLIBC_TUNABLES={tunables})' if tunables else
+                           ' (jemalloc not installed)')
+
+
+def environment(threads: int) -> str:
+  """One line: what the numbers were measured with (README "Speed" quotes it)."""
+  import jax
+  import jaxlib
+  versions = f'jax {jax.__version__} / jaxlib {jaxlib.__version__}'
+  try:
+    import timm
+    import torch
+    versions += f' / torch {torch.__version__} / timm {timm.__version__}'
+  except ImportError:
+    pass
+  return (f'environment: {jax.devices()[0].device_kind} ({jax.default_backend()}), '
+          f'{os.cpu_count()} cores; torch threads {threads}, XLA threads: all cores (default); '
+          f'allocator {allocator_name()}; XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; '
+          f'{versions}')
 
 
 def format_row(row):

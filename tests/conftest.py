@@ -13,13 +13,19 @@ try:
 except ImportError:
   pass
 
-from senet_jax.utils import xla_flags  # noqa: E402
-
-xla_flags.configure_xla_cpu()  # the CPU convolution engine main.py runs with
+import senet_jax  # noqa: E402,F401  (sets the XLA:CPU flags main.py runs with)
 import jax  # noqa: E402
 
 # Halves XLA:CPU compile time of parameter init (random streams differ; tests never pin them).
 jax.config.update('jax_threefry_partitionable', False)
+import suite_cost  # noqa: E402  (beside this file)
+
+# One persistent compilation cache per test session, shared by the xdist workers and the
+# main.py subprocesses (they inherit the variable): the trainer tests compile the same tiny
+# training step many times. Never the user's ~/.cache, so a run's time does not depend on
+# what earlier runs left there.
+_CACHE_CREATED = suite_cost.session_compilation_cache()
+jax.config.update('jax_compilation_cache_dir', os.environ[suite_cost.CACHE_VARIABLE])
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
@@ -73,3 +79,13 @@ def digits_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('tfds'))
   digits.build(path, 32)
   return path
+
+
+def pytest_collection_modifyitems(config, items):
+  """Marks the tests listed in suite_cost.SLOW as slow (`make test` leaves them out)."""
+  suite_cost.mark_slow(items)
+
+
+def pytest_unconfigure(config):
+  """Removes the session's compilation cache (in the process that created it)."""
+  suite_cost.remove_compilation_cache(_CACHE_CREATED)

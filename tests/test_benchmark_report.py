@@ -53,3 +53,12 @@ def test_table_columns_follow_the_rows():
   header, _, line = train_step.markdown_table([full]).splitlines()
   assert header.count('|') == line.count('|')
   assert '| 400.0 | 1.28 |' in line and '0.2 (20.0%)' in line and '0.10 (20%)' in line
+
+
+def test_allocator_is_named_from_the_environment():
+  jemalloc = {'LD_PRELOAD': '/usr/lib/libjemalloc.so.2 /x.so', 'MALLOC_CONF': 'narenas:1'}
+  assert train_step.allocator_name(jemalloc) == ('jemalloc (/usr/lib/libjemalloc.so.2, '
+                                                 'MALLOC_CONF=narenas:1)')
+  assert train_step.allocator_name({}) == 'glibc malloc (jemalloc not installed)'
+  assert train_step.allocator_name({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}) == (
+      'glibc malloc (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)')

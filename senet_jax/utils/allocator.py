@@ -1,10 +1,16 @@
-"""Run under jemalloc when it is installed: XLA:CPU then stops page-faulting every step.
+"""Run under jemalloc, else pip's mimalloc, when installed (`reexec_with_jemalloc()`).
 
-XLA:CPU allocates large temporaries per execution; glibc serves allocations over 32 MB with
-fresh mmaps, so each training step page-faults its whole working set again (measured: a
-depthwise-conv weight gradient spent 95 ms in the kernel and 57 ms computing). jemalloc with
-decay disabled keeps freed pages and halves such steps. `reexec_with_jemalloc()` restarts the
-current command once with jemalloc preloaded; set SENET_NO_JEMALLOC=1 to opt out.
+What XLA:CPU asks of the allocator (jaxlib 0.10, measured 2026-12-03 with strace and getrusage,
+`python benchmarks/allocator.py`): each execution of a compiled step gets its temporaries as
+ONE buffer (163 MiB for an EfficientNet-B0 training step at 64 px batch 16), mmapped on an XLA
+worker thread and unmapped at the end, so under glibc every step page-faults all of it again
+(41.7k minor faults per step). glibc's tunables (GLIBC_TUNABLES glibc.malloc.mmap_max=0,
+trim_threshold, top_pad, arena_max=1, or hugetlb=1) left that at 41.7k faults per step (one
+run each; why mmap_max=0 with one arena did not keep the buffer on the heap is not understood),
+so none is set. An allocator that keeps freed pages does fix it: mimalloc from the pip package
+`cmeel-mimalloc` (no root) with purging off measured 0 faults per step (peak RSS 1.18 GB vs
+glibc's 0.95-1.20). jemalloc with one arena and no decay, where installed
+(`apt-get install libjemalloc2`), is preferred as before. SENET_NO_JEMALLOC=1 opts out of both.
 """
 from __future__ import annotations
 
@@ -24,21 +30,38 @@ def find_jemalloc() -> str | None:
   return next((p for p in CANDIDATES if os.path.exists(p)), None)
 
 
+def find_mimalloc() -> str | None:
+  """libmimalloc of the pip package `cmeel-mimalloc` when it is installed, or None."""
+  import sysconfig
+  paths = sysconfig.get_paths()
+  candidates = (os.path.join(paths[k], 'cmeel.prefix', 'lib', 'libmimalloc.so.3')
+                for k in ('purelib', 'platlib'))
+  return next((p for p in candidates if os.path.exists(p)), None)
+
+
 def jemalloc_env(environ=None) -> dict[str, str] | None:
-  """The environment to re-run with, or None when not needed / not possible."""
+  """The environment to re-run with (jemalloc, else pip's mimalloc), or None when not needed
+  or not possible."""
   environ = dict(os.environ if environ is None else environ)
-  if environ.get('SENET_NO_JEMALLOC') or 'jemalloc' in environ.get('LD_PRELOAD', ''):
+  preloaded = environ.get('LD_PRELOAD', '')
+  if environ.get('SENET_NO_JEMALLOC') or 'jemalloc' in preloaded or 'mimalloc' in preloaded:
     return None
-  library = find_jemalloc()
-  if library is None or not sys.platform.startswith('linux'):
+  if not sys.platform.startswith('linux'):
     return None
-  preload = ' '.join(p for p in (library, environ.get('LD_PRELOAD', '')) if p)
-  return {**environ, 'LD_PRELOAD': preload,
-          'MALLOC_CONF': environ.get('MALLOC_CONF', MALLOC_CONF), 'SENET_NO_JEMALLOC': '1'}
+  library, settings = find_jemalloc(), {'MALLOC_CONF': environ.get('MALLOC_CONF', MALLOC_CONF)}
+  if library is None:
+    # Freed pages are kept (no purge), as jemalloc's decay -1: measured 0 page faults per
+    # step instead of 41.7k (EfficientNet-B0, 64 px batch 16).
+    library, settings = find_mimalloc(), {
+        'MIMALLOC_PURGE_DELAY': environ.get('MIMALLOC_PURGE_DELAY', '-1')}
+  if library is None:
+    return None
+  preload = ' '.join(p for p in (library, preloaded) if p)
+  return {**environ, 'LD_PRELOAD': preload, **settings, 'SENET_NO_JEMALLOC': '1'}
 
 
 def reexec_with_jemalloc() -> None:
-  """Replaces the current process by the same command under jemalloc (if available)."""
+  """Replaces the current process by the same command under jemalloc or mimalloc (if found)."""
   env = jemalloc_env()
   if env is not None:
     os.execve(sys.executable, [sys.executable] + sys.argv, env)

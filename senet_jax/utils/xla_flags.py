@@ -5,16 +5,19 @@ this project is measured on, XLA's other CPU convolution path (Eigen) runs the d
 convolutions of ResNets 1.1-2x faster forward and 1.5-3x faster forward + backward
 (benchmarks/train_step.py, README "Speed"), and compiles SE-ResNeXt-50's training step in
 20 s instead of 48 s. `configure_xla_cpu()` turns YNNPACK convolutions off (YNNPACK keeps the
-matmuls, where it is fast) by appending `CPU_CONV_FLAG` to XLA_FLAGS; `main.py`, the
-benchmarks and the tests call it before JAX starts. `conv_impls` reads `cpu_conv_engine()` to
-pick the fastest formulation for the engine actually in use, so a program that does not call
-it (or sets its own `xla_cpu_experimental_ynn_fusion_type`) is still correct and fast.
+matmuls, where it is fast) by appending `CPU_CONV_FLAG` to XLA_FLAGS. `import senet_jax` calls
+it, so a program that imports senet_jax before its first JAX computation runs as fast as
+`main.py` (XLA reads XLA_FLAGS when JAX starts its backend, not at `import jax`); imported
+later, it warns once that the flag could not be applied. `conv_impls` reads `cpu_conv_engine()`
+to pick the fastest formulation for the engine actually in use, so such a program (or one that
+sets its own `xla_cpu_experimental_ynn_fusion_type`) is still correct.
 Opt out with SENET_NO_XLA_FLAGS=1.
 """
 from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 
 CPU_CONV_FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
@@ -40,17 +43,39 @@ def xla_flags_with_cpu_conv(environ=None) -> str | None:
   return f'{flags} {CPU_CONV_FLAG}'.strip()
 
 
-def configure_xla_cpu() -> None:
-  """Appends `CPU_CONV_FLAG` to XLA_FLAGS; call before JAX's first computation."""
+def _backend_started() -> bool:
+  """Whether JAX has created its backends (after which XLA_FLAGS is no longer read)."""
+  if 'jax' not in sys.modules:  # not imported yet: nothing started, and no need to import it
+    return False
+  from jax._src import xla_bridge
+  return xla_bridge.backends_are_initialized()
+
+
+_warned = False
+
+
+def configure_xla_cpu() -> bool:
+  """Appends `CPU_CONV_FLAG` to XLA_FLAGS unless JAX already started; True when it is in effect.
+
+  Called by `import senet_jax`. When JAX's CPU backend is already running it changes nothing
+  and warns once: the convolutions then stay on YNNPACK (slower training steps on CPU).
+  """
+  global _warned
   flags = xla_flags_with_cpu_conv()
   if flags is None:
-    return
-  from jax._src import xla_bridge
-  if xla_bridge.backends_are_initialized():
-    warnings.warn('senet_jax.utils.xla_flags.configure_xla_cpu() called after JAX started; '
-                  'XLA_FLAGS left unchanged (call it before the first JAX computation)')
-    return
-  os.environ['XLA_FLAGS'] = flags
+    return CPU_CONV_FLAG in os.environ.get('XLA_FLAGS', '')
+  if not _backend_started():
+    os.environ['XLA_FLAGS'] = flags
+    return True
+  import jax
+  if jax.default_backend() == 'cpu' and not _warned:
+    _warned = True
+    warnings.warn(
+        'senet_jax was imported after JAX started its CPU backend, so XLA_FLAGS could not take '
+        'convolutions off YNNPACK (CPU training steps run up to ~1.5x slower). Import senet_jax '
+        f'before the first JAX computation, or start Python with XLA_FLAGS="{CPU_CONV_FLAG}"; '
+        'SENET_NO_XLA_FLAGS=1 silences this.', stacklevel=2)
+  return False
 
 
 def cpu_conv_engine(environ=None) -> str:
