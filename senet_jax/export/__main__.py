@@ -22,6 +22,7 @@ import tempfile
 import numpy as np
 
 from senet_jax.export import serving
+from senet_jax.training.checkpoint import CheckpointError
 
 FLOAT_TOLERANCE = 1e-4  # max |diff| <= 1e-4 * max |logit|
 
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
       calibration = calibration_images(dataset, args.calibration_split, data_dir,
                                        args.calibration_images, servable.preprocessing)
     export(servable, args.format, args.output, calibration)
-  except (serving.ExportError, OSError, ValueError) as err:
+  except (serving.ExportError, CheckpointError, OSError, ValueError) as err:
     print(f'error: {err}', file=sys.stderr)
     return 1
   probe = np.random.RandomState(0).randint(

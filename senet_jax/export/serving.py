@@ -51,7 +51,7 @@ def load(checkpoint: str) -> Servable:
   model = loaded.model
   if 'conv_impl' in {f.name for f in dataclasses.fields(model)}:
     model = model.clone(conv_impl='xla')
-  name = loaded.config.get('model') or type(model).__name__
+  name = loaded.config.get('model') or loading.read_meta(checkpoint).get('model', 'model')
   prep = {'image_size': loaded.image_size, 'eval_crop_fraction': loaded.eval_crop_fraction,
           'interpolation': loaded.interpolation, 'mean_rgb': list(loaded.mean_rgb),
           'std_rgb': list(loaded.std_rgb)}
