@@ -114,6 +114,10 @@ def test_rehead_keeps_the_backbone(offline):
   _, full = create_model('mobilenetv3_small_100', pretrained=REPO).unbind()
   np.testing.assert_array_equal(variables['params']['conv_stem']['kernel'],
                                 full['params']['conv_stem']['kernel'])
+  backbone = create_model('mobilenetv3_small_100', pretrained=REPO, features_only=True)
+  assert [i.num_chs for i in backbone.feature_info] == [16, 16, 24, 48, 576]
+  np.testing.assert_array_equal(backbone.unbind()[1]['params']['conv_stem']['kernel'],
+                                full['params']['conv_stem']['kernel'])
 
 
 def test_clear_errors(offline, tmp_path):
