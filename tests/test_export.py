@@ -102,11 +102,20 @@ def test_tf_formats_match_jax(tiny, tmp_path, fmt):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name,kwargs', [('efficientnet_b0', {}),
-                                         ('mobilenetv3_small_100', {})])
-def test_tflite_and_onnx_for_other_families(tmp_path, name, kwargs):
+@pytest.mark.parametrize('timm_name', ['tf_efficientnet_b0', 'tf_mobilenetv3_small_100'])
+def test_tflite_and_onnx_for_other_families(tmp_path, timm_name):
+  # Converted random timm weights with measured BN statistics: logits that depend on the image
+  # (a freshly initialised EfficientNet's barely do).
   pytest.importorskip('onnxruntime')
-  servable = serving.load(write_checkpoint(tmp_path / 'ckpt', name, kwargs, size=64))
+  from senet_jax.convert import timm as timm_convert
+  from tests.test_convert import randomised_timm
+  state = {k: v.numpy() for k, v in randomised_timm(timm_name).state_dict().items()}
+  _, variables = timm_convert.from_timm(state, timm_name)
+  name, kwargs = timm_convert.MODELS[timm_name]
+  core.save_converted(str(tmp_path / 'ckpt'), variables, {
+      'model': name, 'model_kwargs': kwargs, 'num_classes': 1000,
+      'preprocessing': {**PREP, 'image_size': 64}})
+  servable = serving.load(str(tmp_path / 'ckpt'))
   for fmt in ('tflite', 'onnx'):
     path = str(tmp_path / f'm.{fmt}')
     export(servable, fmt, path)

@@ -9,7 +9,6 @@ ONNX: `tf2onnx` from the float32 TFLite model (tf2onnx cannot read jax2tf's XlaC
 """
 from __future__ import annotations
 
-import os
 from typing import Iterable
 
 import jax
@@ -104,8 +103,3 @@ def run_onnx(path: str, images: np.ndarray) -> np.ndarray:
   import onnxruntime
   session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
   return session.run(None, {session.get_inputs()[0].name: images})[0]
-
-
-def exists(path: str) -> bool:
-  """True when `path` is an existing file or directory."""
-  return os.path.exists(path)
