@@ -21,6 +21,7 @@ from clu import periodic_actions
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from senet_jax import evaluation
+from senet_jax.convert import hub
 from senet_jax.data import pipeline
 from senet_jax.models import create_model, min_resolution
 from senet_jax.training import checkpoint as ckpt_lib
@@ -124,7 +125,7 @@ def check_shared_workdir(workdir: str, timeout_s: float = 10.0) -> None:
 
 def _init_from(state, config, replicated, exclude: tuple[str, ...]):
   """Pretrained params/batch_stats except the top-level entries in `exclude` (the head)."""
-  pretrained = ckpt_lib.load_params(config.init_from)
+  pretrained = ckpt_lib.load_params(hub.checkpoint_dir(config.init_from))
   params = ckpt_lib.merge_pretrained(jax.device_get(state.params), pretrained['params'], exclude)
   stats = jax.device_get(state.batch_stats)
   if 'batch_stats' in pretrained:

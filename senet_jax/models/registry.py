@@ -60,14 +60,21 @@ def min_resolution(model: nn.Module) -> int:
   return model.min_resolution() if hasattr(model, 'min_resolution') else 32
 
 
-def create_model(name: str, *, num_classes: int = 1000, dtype: Any = jnp.float32,
-                 **overrides) -> nn.Module:
+def create_model(name: str, *, num_classes: int | None = None, dtype: Any = jnp.float32,
+                 pretrained: str = '', features_only: bool = False,
+                 out_indices: tuple[int, ...] | None = None, **overrides) -> nn.Module:
   """Builds a registered model.
 
   Args:
     name: a name from `list_models()`.
-    num_classes: classifier size.
+    num_classes: classifier size (default: 1000, or the pretrained weights' size).
     dtype: compute dtype (e.g. `jnp.bfloat16`); parameters are always float32.
+    pretrained: a hub repository, e.g. 'timm/legacy_seresnet50.in1k' ('@revision' pins one):
+      returns the module bound to the converted weights (`module, variables = m.unbind()`);
+      see `senet_jax.convert.hub`.
+    features_only: return a feature backbone (`senet_jax.models.features`): a list of feature
+      maps at the reductions listed by `feature_info(model)`, timm's semantics.
+    out_indices: which feature maps (indices into `feature_info`), default all.
     **overrides: module fields to change, e.g. `se_reduction=8`, `layout='v1.5'`.
 
   Returns:
@@ -81,7 +88,14 @@ def create_model(name: str, *, num_classes: int = 1000, dtype: Any = jnp.float32
     hints = ''.join(suggest(u, fields) for u in unknown)
     raise ValueError(f'{name}: unknown model field(s) {unknown}{hints} (valid fields: '
                      f'{sorted(fields)})')
-  if not isinstance(num_classes, int) or num_classes < 1:
+  if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
     raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}')
-  kwargs = {**info.kwargs, **overrides, 'num_classes': num_classes, 'dtype': dtype}
-  return info.module_cls(**kwargs)
+  kwargs = {**info.kwargs, **overrides, 'num_classes': num_classes or 1000, 'dtype': dtype}
+  module = info.module_cls(**kwargs)
+  if pretrained:  # lazy imports: the reuse layers build on models, not the other way round
+    from senet_jax.convert import hub
+    module = hub.bind_pretrained(module, name, pretrained, overrides, num_classes)
+  if features_only or out_indices is not None:
+    from senet_jax.models import features
+    module = features.features_only(module, out_indices)
+  return module

@@ -48,9 +48,10 @@ def validate_config(config, workdir: str, device_count: int, process_count: int,
     if config[field] not in allowed:
       raise ConfigError(f'config.{field}={config[field]!r}; allowed: {list(allowed)}'
                         f'{config_fields.suggest(config[field], allowed)}')
-  if config.init_from and not os.path.exists(config.init_from):
+  if (config.init_from and not config.init_from.startswith('hf:')  # hub: resolved at start
+      and not os.path.exists(config.init_from)):
     raise ConfigError(f'config.init_from={config.init_from!r} does not exist (expected a '
-                      f'training workdir or a converter output)')
+                      f"training workdir, a converter output or 'hf:owner/name')")
   _check_workdir(workdir)
   model_info(config.model)  # registry errors are already clear
   check_model_kwargs(config)
