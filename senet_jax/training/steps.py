@@ -96,6 +96,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
   wd_mask_fn = functools.partial(optim.weight_decay_mask,
                                  exclude_regex=config.weight_decay_exclude)
   accum = config.grad_accum_steps
+  l2_weight = optim.loss_weight_decay(config)  # LARS/LAMB decay inside the optimizer instead
 
   def loss_fn(params, batch_stats, micro, rng):
     logits, new_vars = model.apply({'params': params, 'batch_stats': batch_stats},
@@ -104,7 +105,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
     out = classification_outputs(logits, micro['label'], micro['mask'], config.label_smoothing)
     data_loss = jnp.sum(out['loss'] * out['mask']) / jnp.maximum(jnp.sum(out['mask']), 1.0)
     l2 = optim.l2_penalty(params, wd_mask_fn(params))
-    return data_loss + config.weight_decay * l2, (new_vars['batch_stats'], out)
+    return data_loss + l2_weight * l2, (new_vars['batch_stats'], out)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from senet_jax.models import list_models, min_resolution, model_info
-from senet_jax.training import optim
+from senet_jax.training import optim, sharding
 
 MIN_RESOLUTION = 32  # every registered network downsamples by 32
 
@@ -19,6 +19,7 @@ def validate_config(config, workdir: str, device_count: int, process_count: int,
   if config.model not in list_models():
     raise ConfigError(f'config.model={config.model!r} is not a registered model; choose one '
                       f'of: {", ".join(list_models())}')
+  validate_mesh(config, device_count)
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
     if value <= 0 or value % device_count or value % process_count:
@@ -55,3 +56,19 @@ def validate_model_input(config, model) -> None:
     hint = " (or set config.model_kwargs.padding='same')" if hasattr(model, 'padding') else ''
     raise ConfigError(f'config.image_size={config.image_size} is too small for '
                       f'{config.model}: it needs >= {minimum}{hint}')
+
+
+def validate_mesh(config, device_count: int) -> None:
+  """Raises ConfigError when config.mesh_data x config.mesh_fsdp cannot be laid out on
+  `device_count` devices or cannot split the (micro-)batches evenly over the mesh."""
+  try:
+    data, fsdp = sharding.resolve_mesh_shape(config.mesh_data, config.mesh_fsdp, device_count)
+  except sharding.MeshError as e:
+    raise ConfigError(str(e)) from None
+  accum = max(int(config.grad_accum_steps), 1)
+  for field, per_step in (('batch_size', accum), ('eval_batch_size', 1)):
+    if config[field] > 0 and config[field] % (per_step * data * fsdp):
+      raise ConfigError(
+          f'config.{field}={config[field]} cannot be split over the mesh config.mesh_data={data}'
+          f' x config.mesh_fsdp={fsdp}' + (f' in {accum} micro-batches' if per_step > 1 else '')
+          + f': it must be a multiple of {per_step * data * fsdp}')
