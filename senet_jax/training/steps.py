@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from clu import metrics
 
-from senet_jax.training import optim
+from senet_jax.training import optim, remat
 from senet_jax.training.state import TrainState
 
 
@@ -98,10 +98,13 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
   accum = config.grad_accum_steps
   l2_weight = optim.loss_weight_decay(config)  # LARS/LAMB decay inside the optimizer instead
 
+  def forward(params, batch_stats, image, rng):
+    return model.apply({'params': params, 'batch_stats': batch_stats}, image, train=True,
+                       mutable=['batch_stats'], rngs={'dropout': rng})
+  forward = remat.rematerialize(forward, config.remat, config.remat_policy)
+
   def loss_fn(params, batch_stats, micro, rng):
-    logits, new_vars = model.apply({'params': params, 'batch_stats': batch_stats},
-                                   micro['image'], train=True, mutable=['batch_stats'],
-                                   rngs={'dropout': rng})
+    logits, new_vars = forward(params, batch_stats, micro['image'], rng)
     out = classification_outputs(logits, micro['label'], micro['mask'], config.label_smoothing)
     data_loss = jnp.sum(out['loss'] * out['mask']) / jnp.maximum(jnp.sum(out['mask']), 1.0)
     l2 = optim.l2_penalty(params, wd_mask_fn(params))

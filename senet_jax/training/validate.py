@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from senet_jax.models import list_models, min_resolution, model_info
-from senet_jax.training import optim, sharding
+from senet_jax.training import optim, remat, sharding
 
 MIN_RESOLUTION = 32  # every registered network downsamples by 32
 
@@ -60,11 +60,15 @@ def validate_model_input(config, model) -> None:
 
 def validate_mesh(config, device_count: int) -> None:
   """Raises ConfigError when config.mesh_data x config.mesh_fsdp cannot be laid out on
-  `device_count` devices or cannot split the (micro-)batches evenly over the mesh."""
+  `device_count` devices or cannot split the (micro-)batches evenly over the mesh, or when
+  config.remat / remat_policy is unknown."""
   try:
     data, fsdp = sharding.resolve_mesh_shape(config.mesh_data, config.mesh_fsdp, device_count)
   except sharding.MeshError as e:
     raise ConfigError(str(e)) from None
+  for field, allowed in (('remat', remat.MODES), ('remat_policy', remat.POLICIES)):
+    if config[field] not in allowed:
+      raise ConfigError(f'config.{field}={config[field]!r}; allowed: {list(allowed)}')
   accum = max(int(config.grad_accum_steps), 1)
   for field, per_step in (('batch_size', accum), ('eval_batch_size', 1)):
     if config[field] > 0 and config[field] % (per_step * data * fsdp):
