@@ -106,6 +106,7 @@ def _check_specs(specs):
       assert specs['.opt_state[0].trace' + path[len('.params'):]] == [shape, spec], path
 
 
+@pytest.mark.slow  # ~100 s of CPU: two 8-device compiles in a subprocess
 def test_fsdp8_equals_data_parallel_and_shards_by_the_rule():
   result = _run_helper('sgd', 'fsdp8')
   _check_equal_to_data_parallel(result, 'fsdp8')
