@@ -1,8 +1,9 @@
 """The trainer, read top to bottom: mesh -> input -> model & state -> steps -> checkpoint -> loop.
 
-`train_and_evaluate(config, workdir)` trains on every device of every process (data parallel,
-batch sharded over a 1-D mesh, state replicated, global-batch BatchNorm by construction) and
-evaluates raw and EMA weights over the whole eval split.
+`train_and_evaluate(config, workdir)` trains on every device of every process (a `data` x
+`fsdp` mesh: batch sharded over both axes, state sharded over `fsdp` -- replicated when it is 1
+-- global-batch BatchNorm by construction) and evaluates raw and EMA weights over the whole
+eval split.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from clu import periodic_actions
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from senet_jax import evaluation
 from senet_jax.convert import hub
@@ -28,6 +29,7 @@ from senet_jax.training import checkpoint as ckpt_lib
 from senet_jax.training import (config_diff, distill, optim, preemption, progressive, steps,
                                 workdir_lock)
 from senet_jax.training import progress as progress_lib
+from senet_jax.training import sharding as sharding_lib
 from senet_jax.training.state import abstract_state, create_sharded_state
 from senet_jax.training.validate import ConfigError, validate_config, validate_model_input
 
@@ -123,16 +125,17 @@ def check_shared_workdir(workdir: str, timeout_s: float = 10.0) -> None:
                       f'files written by process 0 (use a shared file system or a bucket)')
 
 
-def _init_from(state, config, replicated, exclude: tuple[str, ...]):
+def _init_from(state, config, shardings, exclude: tuple[str, ...]):
   """Pretrained params/batch_stats except the top-level entries in `exclude` (the head)."""
   pretrained = ckpt_lib.load_params(hub.checkpoint_dir(config.init_from))
   params = ckpt_lib.merge_pretrained(jax.device_get(state.params), pretrained['params'], exclude)
   stats = jax.device_get(state.batch_stats)
   if 'batch_stats' in pretrained:
     stats = ckpt_lib.merge_pretrained(stats, pretrained['batch_stats'], exclude)
-  params, stats = jax.device_put((params, stats), replicated)
+  params, stats = jax.device_put((params, stats), (shardings.params, shardings.batch_stats))
   # Separate buffers for the EMA copies: the train step donates the whole state.
-  ema_params, ema_stats = jax.device_put((params, stats), replicated, may_alias=False)
+  ema_params, ema_stats = jax.device_put(
+      (params, stats), (shardings.ema_params, shardings.ema_batch_stats), may_alias=False)
   return state.replace(params=params, batch_stats=stats, ema_params=ema_params,
                        ema_batch_stats=ema_stats)
 
@@ -174,8 +177,9 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
   check_shared_workdir(workdir)
   if config.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
-  mesh = Mesh(np.asarray(jax.devices()), ('data',))
-  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  # data x fsdp mesh: the batch over both axes, the state over fsdp (training/sharding.py).
+  mesh = sharding_lib.make_mesh(config.mesh_data, config.mesh_fsdp)
+  replicated, data_sharding = NamedSharding(mesh, P()), sharding_lib.batch_sharding(mesh)
   writer = progress_lib.create_writer(workdir)  # TensorBoard; the log lines are our own
 
   # ---- Input ---------------------------------------------------------------------------
@@ -193,7 +197,8 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
   optimizer = optim.create_optimizer(config, schedule)
   image_shape = (1, config.image_size, config.image_size, 3)
   rng = jax.random.PRNGKey(config.seed)
-  state, state_shardings = create_sharded_state(model, optimizer, rng, image_shape, replicated)
+  state, state_shardings = create_sharded_state(
+      model, optimizer, rng, image_shape, lambda s: sharding_lib.state_shardings(s, mesh))
   _log('model %s: %s parameters', config.model,
        f'{sum(p.size for p in jax.tree.leaves(state.params)):,}')
 
@@ -238,7 +243,7 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
   elif config.init_from:
     # Fine-tuning re-initialises the head; evaluating converted weights keeps everything.
     exclude = () if eval_only else tuple(config.init_from_exclude)
-    state = _init_from(state, config, replicated, exclude)
+    state = _init_from(state, config, state_shardings, exclude)
     _log('initialised from %s (re-initialised: %s)', config.init_from, exclude)
   elif eval_only:
     raise ConfigError(f'--mode=eval needs a checkpoint in {workdir}/checkpoints or '

@@ -49,10 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.grad_accum_steps = 1           # micro-batches per optimizer step (batch_size total)
   config.num_epochs = 100.0             # > 0: length in epochs, else num_train_steps
   config.num_train_steps = -1
-  config.optimizer = 'sgd'              # 'sgd', 'rmsprop_tf', 'adamw'
+  config.optimizer = 'sgd'              # 'sgd', 'rmsprop_tf', 'adamw', 'lars', 'lamb'
   config.learning_rate = 0.1            # per 256 images; scaled by batch_size / 256
   config.lr_schedule = 'cosine'         # 'cosine', 'exponential' (staircase), 'step', 'linear',
-                                        # 'constant'
+                                        # 'constant', 'poly'
   config.warmup_epochs = 5.0
   config.lr_decay_epochs = 2.4          # exponential: decay every this many epochs
   config.lr_decay_factor = 0.97         # exponential: multiply by this at each decay
@@ -61,6 +61,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.nesterov = True
   config.rmsprop_decay = 0.9
   config.rmsprop_epsilon = 1e-3
+  # LARS / LAMB ('lars', 'lamb'): weight_decay is applied inside the update (not in the loss),
+  # and parameters matching weight_decay_exclude skip both it and the trust ratio.
+  config.lars_trust_coefficient = 1e-3  # LARS eta (tf.contrib LARSOptimizer, MLPerf)
+  config.lars_epsilon = 0.0             # LARS: added to the trust ratio's denominator
+  config.lr_poly_power = 2.0            # 'poly' schedule: (1 - t/T)^power (MLPerf ResNet-50)
   config.weight_decay = 1e-4            # L2 term in the loss
   # Regex (re.search on 'module/.../param') of parameters without weight decay: BN and biases.
   config.weight_decay_exclude = r'(bn[^/]*/scale|bias)$'
@@ -118,6 +123,18 @@ def get_config() -> ml_collections.ConfigDict:
   # dtype, data, ...) is an error unless this is True; the change is then recorded in
   # workdir/config_changes.json. Logging/eval/checkpoint cadence may change freely.
   config.allow_config_change = False
+
+  # ---- Devices: mesh and memory ----------------------------------------------------------
+  # A data x fsdp mesh over every device (-1: the rest of the devices). The batch is split over
+  # both axes; params, optimizer state and EMA are sharded over `fsdp` (per-device state memory
+  # ~1/mesh_fsdp). mesh_fsdp=1 is plain data parallelism with a replicated state.
+  config.mesh_data = -1
+  config.mesh_fsdp = 1
+  # Rematerialisation (training/remat.py): 'none' or 'block' (recompute each block's interior
+  # in the backward pass); remat_policy 'nothing' (save nothing inside a block) or 'conv' (keep
+  # convolution outputs, recompute only BN / activations / SE).
+  config.remat = 'none'
+  config.remat_policy = 'nothing'
 
   # ---- Speed -----------------------------------------------------------------------------
   config.conv_impl = 'auto'             # grouped/depthwise conv formulation ('auto', 'xla', ...)

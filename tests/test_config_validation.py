@@ -78,6 +78,13 @@ BAD_VALUES = {
                     {'num_stages': 4, 'mixup_alpha': (0.0,)}],
     'distill': ['teacher', {'teacher': '/ckpt', 'model': ''},
                 {'teacher': '', 'temperature': 0.0}, {'teacher': '', 'alpha': 1.5}],
+    'lars_trust_coefficient': [0.0, -1e-3],
+    'lars_epsilon': [-1.0],
+    'lr_poly_power': [0.0, 'two'],
+    'mesh_data': [-2, 0, 1.5],
+    'mesh_fsdp': [-3, 'all'],
+    'remat': ['stage', True],
+    'remat_policy': ['everything'],
 }
 
 

@@ -55,3 +55,16 @@ def test_other_se_network_recipes(name, peak_lr, schedule):
   assert config.learning_rate * config.batch_size / 256 == pytest.approx(peak_lr)
   assert config.lr_schedule == schedule and config.optimizer == 'sgd'
   assert config.model_kwargs.se == name.startswith('se_')
+
+
+@pytest.mark.parametrize('name,batch', [('efficientnet_b7_lars', 65536),
+                                        ('se_resnet50_lars', 32768)])
+def test_large_batch_lars_recipes(name, batch):
+  config = load_config(os.path.join(ROOT, 'configs', f'{name}.py'))
+  # LARS as in tf.contrib LARSOptimizer / MLPerf: eta 0.001, epsilon 0, momentum 0.9,
+  # BN and biases excluded, polynomial decay of power 2.
+  assert (config.optimizer, config.lars_trust_coefficient, config.lars_epsilon) == (
+      'lars', 1e-3, 0.0)
+  assert config.momentum == 0.9 and config.batch_size == batch
+  assert (config.lr_schedule, config.lr_poly_power) == ('poly', 2.0)
+  assert 'bias' in config.weight_decay_exclude and 'scale' in config.weight_decay_exclude

@@ -123,3 +123,74 @@ def test_metrics_of_known_logits_with_padding():
 def test_label_smoothing_targets():
   t = steps.soft_targets(jnp.array([2]), 4, 0.1)
   np.testing.assert_allclose(t, [[0.025, 0.025, 0.925, 0.025]], rtol=1e-6)
+
+
+def _large_batch_problem():
+  rng = np.random.RandomState(0)
+  params = {'conv': {'kernel': rng.randn(3, 4).astype(np.float32)},
+            'bn1': {'scale': rng.rand(4).astype(np.float32) + 0.5},
+            'fc': {'bias': rng.randn(4).astype(np.float32)}}
+  grads = [jax.tree.map(lambda p: rng.randn(*p.shape).astype(np.float32), params)
+           for _ in range(2)]
+  return params, grads
+
+
+def _run_two_steps(opt, params, grads):
+  state = opt.init(params)
+  for g in grads:
+    updates, state = opt.update(g, state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+  return params
+
+
+def test_lars_two_steps_by_hand():
+  c = config(optimizer='lars', weight_decay=1e-4, momentum=0.9, lars_trust_coefficient=1e-3,
+             lars_epsilon=0.0)
+  params, grads = _large_batch_problem()
+  got = _run_two_steps(optim.create_optimizer(c, optax_constant(0.1)), params, grads)
+  # You et al. 2017 / MLPerf: v = m v + lr * eta ||w|| / ||g + wd w|| * (g + wd w); w -= v.
+  # BN scale and biases (weight_decay_exclude): plain momentum SGD, no decay, no trust ratio.
+  for group, name in (('conv', 'kernel'), ('bn1', 'scale'), ('fc', 'bias')):
+    w, v = np.array(params[group][name], np.float64), 0.0
+    for g in grads:
+      g = np.asarray(g[group][name], np.float64)
+      if group == 'conv':
+        u = g + 1e-4 * w
+        u = u * 1e-3 * np.linalg.norm(w) / np.linalg.norm(u)
+      else:
+        u = g
+      v = 0.9 * v + 0.1 * u
+      w = w - v
+    np.testing.assert_allclose(got[group][name], w, rtol=2e-5, atol=1e-7)
+  assert optim.loss_weight_decay(c) == 0.0  # the decay is not also in the loss
+
+
+def test_lamb_two_steps_by_hand():
+  c = config(optimizer='lamb', weight_decay=1e-2)
+  params, grads = _large_batch_problem()
+  got = _run_two_steps(optim.create_optimizer(c, optax_constant(0.01)), params, grads)
+  for group, name in (('conv', 'kernel'), ('bn1', 'scale'), ('fc', 'bias')):
+    w, m, v = np.array(params[group][name], np.float64), 0.0, 0.0
+    for t, g in enumerate(grads, start=1):
+      g = np.asarray(g[group][name], np.float64)
+      m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+      u = (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-6)
+      if group == 'conv':  # You et al. 2020: decay and layer-wise trust ratio ||w|| / ||u||
+        u = u + 1e-2 * w
+        u = u * np.linalg.norm(w) / np.linalg.norm(u)
+      w = w - 0.01 * u
+    np.testing.assert_allclose(got[group][name], w, rtol=2e-5, atol=1e-7)
+
+
+def test_poly_schedule_by_hand():
+  c = config(learning_rate=0.1, batch_size=2560, lr_schedule='poly', warmup_epochs=1.0,
+             lr_poly_power=2.0)
+  sched = optim.create_schedule(c, steps_per_epoch=10, total_steps=110)
+  assert float(sched(5)) == pytest.approx(0.5)          # peak 1.0, half way through warmup
+  assert float(sched(10)) == pytest.approx(1.0)
+  assert float(sched(35)) == pytest.approx((1 - 25 / 100) ** 2)
+  assert float(sched(110)) == pytest.approx(0.0, abs=1e-7)
+
+
+def optax_constant(value):
+  return lambda count: jnp.asarray(value, jnp.float32)

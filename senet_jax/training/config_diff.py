@@ -22,6 +22,8 @@ HARMLESS = frozenset({
     'keep_best_checkpoint', 'profile', 'compilation_cache_dir', 'conv_impl', 'data_dir',
     'eval_batch_size', 'eval_split', 'eval_crop_fraction', 'init_from', 'init_from_exclude',
     'allow_config_change', 'evals', 'eval_definitions', 'eval_tta',
+    # Elastic resume: the mesh and remat change the summation order / memory, not the run.
+    'mesh_data', 'mesh_fsdp', 'remat', 'remat_policy',
 })
 
 

@@ -146,6 +146,10 @@ def distill_section(v) -> str | None:
   return None
 
 
+def mesh_axis(v) -> str | None:
+  return None if _is_int(v) and (v == -1 or v >= 1) else 'a positive integer, or -1 (the rest)'
+
+
 POSITIVE_INT, NON_NEG = integer(1), number(0)
 FRACTION = number(0, 1, hi_open=True)  # [0, 1)
 
@@ -212,6 +216,13 @@ FIELDS: dict[str, Checker] = {
     'eval_tta': choice('none', 'flip'),
     'progressive': progressive_section,
     'distill': distill_section,
+    'lars_trust_coefficient': number(0, lo_open=True),
+    'lars_epsilon': NON_NEG,
+    'lr_poly_power': number(0, lo_open=True),
+    'mesh_data': mesh_axis,                     # divisibility checked in validate_mesh
+    'mesh_fsdp': mesh_axis,
+    'remat': choice('none', 'block'),
+    'remat_policy': choice('nothing', 'conv'),
 }
 
 

@@ -5,6 +5,7 @@ rate is per 256 images and scales linearly with the global batch size.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, NamedTuple
 
@@ -12,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ('cosine', 'exponential', 'step', 'linear', 'constant')
-OPTIMIZERS = ('sgd', 'rmsprop_tf', 'adamw')
+SCHEDULES = ('cosine', 'exponential', 'step', 'linear', 'constant', 'poly')
+OPTIMIZERS = ('sgd', 'rmsprop_tf', 'adamw', 'lars', 'lamb')
+# Optimizers that apply weight decay themselves (inside the trust ratio), not as a loss term.
+DECOUPLED_WEIGHT_DECAY = ('lars', 'lamb')
 
 
 def scaled_learning_rate(base_lr: float, batch_size: int) -> float:
@@ -41,6 +44,8 @@ def create_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Sch
     decay = optax.piecewise_constant_schedule(peak, bounds)
   elif config.lr_schedule == 'linear':  # ShuffleNet / SE-ShuffleNet: linear decay to 0
     decay = optax.linear_schedule(peak, 0.0, after)
+  elif config.lr_schedule == 'poly':  # LARS recipes (MLPerf ResNet-50): (1 - t/T)^power to 0
+    decay = optax.polynomial_schedule(peak, 0.0, config.lr_poly_power, after)
   else:
     decay = optax.constant_schedule(peak)
   if warmup == 0:
@@ -90,11 +95,48 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
     opt = optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov)
   elif config.optimizer == 'rmsprop_tf':
     opt = rmsprop_tf(schedule, config.rmsprop_decay, config.rmsprop_epsilon, config.momentum)
-  else:
+  elif config.optimizer == 'adamw':
     opt = optax.adamw(schedule, weight_decay=0.0)  # decay is the L2 term in the loss
+  else:
+    opt = large_batch_optimizer(config.optimizer, schedule, config.weight_decay,
+                                config.weight_decay_exclude, momentum=config.momentum,
+                                trust_coefficient=config.lars_trust_coefficient,
+                                eps=config.lars_epsilon)
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
   return opt
+
+
+def large_batch_optimizer(name: str, learning_rate: optax.Schedule, weight_decay: float,
+                          exclude_regex: str, momentum: float = 0.9,
+                          trust_coefficient: float = 1e-3, eps: float = 0.0
+                          ) -> optax.GradientTransformation:
+  """LARS (You et al. 2017) or LAMB (You et al. 2020) with weight decay inside the update.
+
+  Parameters matching `exclude_regex` (BatchNorm scale/bias, biases) get neither weight decay
+  nor the layer-wise trust ratio: for them LARS is SGD with momentum and LAMB is Adam, as in
+  tf.contrib LARSOptimizer's skip_list (official TPU EfficientNet / ResNet) and MLPerf.
+  LARS:  u = g + wd w;  u *= eta ||w|| / (||u|| + eps);  v = m v + lr u;  w -= v.
+  LAMB:  u = adam(g) + wd w;  u *= ||w|| / ||u||;  w -= lr u.
+  """
+  mask = functools.partial(weight_decay_mask, exclude_regex=exclude_regex)
+  if name == 'lars':
+    return optax.lars(learning_rate, weight_decay=weight_decay, weight_decay_mask=mask,
+                      trust_coefficient=trust_coefficient, eps=eps, trust_ratio_mask=mask,
+                      momentum=momentum)
+  if name == 'lamb':
+    # optax.lamb masks only the weight decay; the trust ratio needs the same mask.
+    return optax.chain(
+        optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
+        optax.add_decayed_weights(weight_decay, mask=mask),
+        optax.masked(optax.scale_by_trust_ratio(), mask),
+        optax.scale_by_learning_rate(learning_rate))
+  raise ValueError(f'config.optimizer={name!r} is not a large-batch optimizer (lars, lamb)')
+
+
+def loss_weight_decay(config) -> float:
+  """The L2 coefficient of the loss term: 0 for LARS/LAMB, which decay inside the update."""
+  return 0.0 if config.optimizer in DECOUPLED_WEIGHT_DECAY else config.weight_decay
 
 
 def weight_decay_mask(params, exclude_regex: str) -> Any:

@@ -41,9 +41,14 @@ def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation, 
 
 def create_sharded_state(model, optimizer, rng, image_shape, sharding) -> tuple[TrainState, Any]:
   """Plans the state with `jax.eval_shape`, then builds it with a jit whose outputs land
-  directly in `sharding` (replicated for data parallelism). Returns (state, state_shardings)."""
+  directly in their shardings. `sharding` is one Sharding for every leaf (replicated: data
+  parallelism) or a function abstract_state -> shardings (e.g. the fsdp rule of
+  training/sharding.py). Returns (state, state_shardings)."""
   abstract = jax.eval_shape(lambda r: init_train_state(model, optimizer, r, image_shape), rng)
-  shardings = jax.tree.map(lambda _: sharding, abstract)
+  if callable(sharding) and not isinstance(sharding, jax.sharding.Sharding):
+    shardings = sharding(abstract)
+  else:
+    shardings = jax.tree.map(lambda _: sharding, abstract)
   init = jax.jit(init_train_state, static_argnums=(0, 1, 3), out_shardings=shardings)
   return init(model, optimizer, rng, tuple(image_shape)), shardings
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from clu import metrics
 
-from senet_jax.training import distill, optim
+from senet_jax.training import distill, optim, remat
 from senet_jax.training.state import TrainState
 
 
@@ -101,18 +101,22 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
   wd_mask_fn = functools.partial(optim.weight_decay_mask,
                                  exclude_regex=config.weight_decay_exclude)
   accum = config.grad_accum_steps
+  l2_weight = optim.loss_weight_decay(config)  # LARS/LAMB decay inside the optimizer instead
+
+  def forward(params, batch_stats, image, rng):
+    return model.apply({'params': params, 'batch_stats': batch_stats}, image, train=True,
+                       mutable=['batch_stats'], rngs={'dropout': rng})
+  forward = remat.rematerialize(forward, config.remat, config.remat_policy)
 
   def loss_fn(params, batch_stats, micro, rng):
-    logits, new_vars = model.apply({'params': params, 'batch_stats': batch_stats},
-                                   micro['image'], train=True, mutable=['batch_stats'],
-                                   rngs={'dropout': rng})
+    logits, new_vars = forward(params, batch_stats, micro['image'], rng)
     out = classification_outputs(logits, micro['label'], micro['mask'], config.label_smoothing)
     if 'teacher_logits' in micro:  # knowledge distillation (see training/distill.py)
       out['loss'] = distill.distillation_loss(logits, micro['teacher_logits'], out['loss'],
                                               config.distill.temperature, config.distill.alpha)
     data_loss = jnp.sum(out['loss'] * out['mask']) / jnp.maximum(jnp.sum(out['mask']), 1.0)
     l2 = optim.l2_penalty(params, wd_mask_fn(params))
-    return data_loss + config.weight_decay * l2, (new_vars['batch_stats'], out)
+    return data_loss + l2_weight * l2, (new_vars['batch_stats'], out)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from senet_jax.models import list_models, min_resolution, model_info
-from senet_jax.training import config_fields, optim
+from senet_jax.training import config_fields, optim, remat, sharding
 
 MIN_RESOLUTION = 32  # every registered network downsamples by 32
 
@@ -23,6 +23,7 @@ def validate_config(config, workdir: str, device_count: int, process_count: int,
     raise ConfigError(f'config.model={config.model!r} is not a registered model'
                       f'{config_fields.suggest(config.model, list_models())} (all models: '
                       f'python -c "import senet_jax.models as m; print(m.list_models())")')
+  validate_mesh(config, device_count)
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
     if value <= 0 or value % device_count or value % process_count:
@@ -112,3 +113,23 @@ def validate_model_input(config, model) -> None:
     hint = " (or set config.model_kwargs.padding='same')" if hasattr(model, 'padding') else ''
     raise ConfigError(f'config.image_size={config.image_size} is too small for '
                       f'{config.model}: it needs >= {minimum}{hint}')
+
+
+def validate_mesh(config, device_count: int) -> None:
+  """Raises ConfigError when config.mesh_data x config.mesh_fsdp cannot be laid out on
+  `device_count` devices or cannot split the (micro-)batches evenly over the mesh, or when
+  config.remat / remat_policy is unknown."""
+  try:
+    data, fsdp = sharding.resolve_mesh_shape(config.mesh_data, config.mesh_fsdp, device_count)
+  except sharding.MeshError as e:
+    raise ConfigError(str(e)) from None
+  for field, allowed in (('remat', remat.MODES), ('remat_policy', remat.POLICIES)):
+    if config[field] not in allowed:
+      raise ConfigError(f'config.{field}={config[field]!r}; allowed: {list(allowed)}')
+  accum = max(int(config.grad_accum_steps), 1)
+  for field, per_step in (('batch_size', accum), ('eval_batch_size', 1)):
+    if config[field] > 0 and config[field] % (per_step * data * fsdp):
+      raise ConfigError(
+          f'config.{field}={config[field]} cannot be split over the mesh config.mesh_data={data}'
+          f' x config.mesh_fsdp={fsdp}' + (f' in {accum} micro-batches' if per_step > 1 else '')
+          + f': it must be a multiple of {per_step * data * fsdp}')

@@ -1,0 +1,75 @@
+"""Rematerialisation gives the same loss, gradients and BatchNorm statistics as no remat."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TINY_EFFICIENTNET, TINY_RESNET, init_variables
+from senet_jax.models import create_model
+from senet_jax.training import remat
+
+FAMILIES = [
+    ('se_resnet18', TINY_RESNET, 32),
+    ('efficientnet_b0', dict(TINY_EFFICIENTNET, drop_path_rate=0.2), 32),
+]
+SLOW_FAMILIES = [('mobilenetv3_small_100', {}, 32), ('se_shufflenet_v1_g3', {}, 64), ('se_vgg16', {}, 32),
+                 ('se_bn_inception', {}, 64), ('se_inception_resnet_v2', {}, 75)]
+
+
+def _loss_grads_stats(model, variables, x, mode, policy):
+  def forward(params, stats, image, rng):
+    return model.apply({'params': params, 'batch_stats': stats}, image, train=True,
+                       mutable=['batch_stats'], rngs={'dropout': rng})
+  forward = remat.rematerialize(forward, mode, policy)
+
+  def loss(params):
+    logits, new_vars = forward(params, variables['batch_stats'], x, jax.random.key(3))
+    return jnp.mean(jax.nn.log_softmax(logits)[:, 0] * -1.0), new_vars['batch_stats']
+  (value, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+  return value, grads, stats
+
+
+def _check(name, kwargs, size):
+  model = create_model(name, num_classes=10, **kwargs)
+  variables = init_variables(model, size=size, train=True)
+  x = jax.random.normal(jax.random.key(1), (4, size, size, 3))
+  ref = _loss_grads_stats(model, variables, x, 'none', 'nothing')
+  for policy in remat.POLICIES:
+    got = _loss_grads_stats(model, variables, x, 'block', policy)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(got[1:]), jax.tree.leaves(ref[1:])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _count_remat_regions(model, variables, x):
+  def forward(params):
+    return model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(
+      remat.rematerialize(lambda q: forward(q)[0], 'block')(p))))(variables['params'])
+  return sum(1 for e in jaxpr.jaxpr.eqns if 'remat' in e.primitive.name or
+             'checkpoint' in e.primitive.name)
+
+
+@pytest.mark.parametrize('name,kwargs,size', FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_block_remat_equals_no_remat(name, kwargs, size):
+  _check(name, kwargs, size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,kwargs,size', SLOW_FAMILIES, ids=[f[0] for f in SLOW_FAMILIES])
+def test_block_remat_equals_no_remat_other_families(name, kwargs, size):
+  _check(name, kwargs, size)
+
+
+def test_every_block_is_rematerialised():
+  model = create_model('se_resnet18', num_classes=10, **TINY_RESNET)
+  variables = init_variables(model, size=32, train=True)
+  # conv1, bn1, 4 residual units, fc: the direct children of the model (pooling is no module).
+  assert _count_remat_regions(model, variables, jnp.ones((2, 32, 32, 3))) >= 4 + 2
+
+
+def test_unknown_remat_mode_is_an_error():
+  with pytest.raises(ValueError, match=r"config.remat='stage'"):
+    remat.rematerialize(lambda x: x, 'stage')
+  with pytest.raises(ValueError, match=r"config.remat_policy='all'"):
+    remat.rematerialize(lambda x: x, 'block', 'all')

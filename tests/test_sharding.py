@@ -1,0 +1,121 @@
+"""The data x fsdp mesh: its sizes, the fsdp rule, config errors, and fsdp == data parallel."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs import default
+from senet_jax.training import sharding
+from senet_jax.training.validate import ConfigError, validate_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EIGHT_CPUS = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+                  JAX_PLATFORMS='cpu')
+
+
+def test_mesh_shape_fills_the_rest_of_the_devices():
+  assert sharding.resolve_mesh_shape(-1, 1, 8) == (8, 1)
+  assert sharding.resolve_mesh_shape(2, -1, 8) == (2, 4)
+  assert sharding.resolve_mesh_shape(-1, 8, 64) == (8, 8)
+  assert sharding.resolve_mesh_shape(1, 8, 8) == (1, 8)
+
+
+@pytest.mark.parametrize('data,fsdp,devices,match', [
+    (-1, 3, 8, r'config.mesh_fsdp=3 does not divide the device count \(8\)'),
+    (3, -1, 8, r'config.mesh_data=3 does not divide'),
+    (-1, -1, 8, 'both -1'),
+    (2, 2, 8, r'= 4 devices, but there are 8'),
+    (-1, 0, 8, r'config.mesh_fsdp=0: must be a positive'),
+])
+def test_bad_mesh_sizes_name_the_field(data, fsdp, devices, match):
+  with pytest.raises(sharding.MeshError, match=match):
+    sharding.resolve_mesh_shape(data, fsdp, devices)
+
+
+def _config(**kw):
+  c = default.get_config()
+  c.update(dict(model='se_resnet18', num_epochs=1.0, batch_size=16, eval_batch_size=16))
+  c.update(kw)
+  return c
+
+
+def test_validate_config_rejects_bad_meshes_before_compute(tmp_path):
+  with pytest.raises(ConfigError, match=r'config.mesh_fsdp=3 does not divide'):
+    validate_config(_config(mesh_fsdp=3), str(tmp_path), 8, 1)
+  # 8 devices split 12 examples unevenly: the mesh sizes are named.
+  with pytest.raises(ConfigError, match=r'config.batch_size=12 cannot be split over the mesh '
+                                        r'config.mesh_data=2 x config.mesh_fsdp=4'):
+    validate_config(_config(mesh_data=2, mesh_fsdp=-1, batch_size=12), str(tmp_path), 8, 1)
+  with pytest.raises(ConfigError, match=r'config.batch_size=16 .* in 4 micro-batches: it must '
+                                        r'be a multiple of 32'):
+    validate_config(_config(mesh_fsdp=8, grad_accum_steps=4), str(tmp_path), 8, 1)
+  validate_config(_config(mesh_fsdp=8), str(tmp_path), 8, 1)  # a valid one passes
+
+
+@pytest.mark.parametrize('shape,size,spec', [
+    ((3, 3, 64, 128), 8, P(None, None, None, 'fsdp')),  # largest dim: output channels
+    ((3, 3, 256, 128), 8, P(None, None, 'fsdp', None)),  # largest dim: input channels
+    ((2048, 1000), 8, P('fsdp', None)),                  # classifier kernel
+    ((1000,), 8, P('fsdp')),                              # 1000 = 8 * 125
+    ((1000,), 16, P(None)),                               # not divisible: replicated
+    ((3, 3, 1, 36), 8, P(None, None, None, None)),        # 36 = 8 * 4.5: replicated
+    ((3, 3, 1, 36), 4, P(None, None, None, 'fsdp')),
+    ((7, 7, 3, 64), 1, P(None, None, None, None)),        # fsdp=1: everything replicated
+    ((), 8, P()),                                         # scalars (step counts)
+])
+def test_fsdp_rule_by_hand(shape, size, spec):
+  assert sharding.fsdp_spec(shape, size) == spec
+
+
+def test_fsdp_rule_keeps_small_leaves_replicated_below_min_size():
+  assert sharding.fsdp_spec((64,), 8, min_size=1024) == P(None)
+  assert sharding.fsdp_spec((64, 64), 8, min_size=1024) == P(None, 'fsdp')
+
+
+def _run_helper(*args):
+  out = subprocess.run([sys.executable, 'tests/helpers/fsdp_vs_data.py', *args], cwd=ROOT,
+                       env=EIGHT_CPUS, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _check_equal_to_data_parallel(result, name):
+  r = result[name]
+  assert abs(r['loss'] - result['loss_data8']) < 1e-5
+  # Same global batch -> same BN statistics and update, up to float summation order.
+  assert r['params'] < 1e-5 * max(result['param_scale'], 1.0)
+  assert r['opt_state'] < 1e-4 and r['batch_stats'] < 1e-5 and r['ema'] < 1e-5
+
+
+def _check_specs(specs):
+  # Hand-written expectations for the tiny SE-ResNet-18 (widths 8/16/16/32, 10 classes).
+  assert specs[".params['conv1']['kernel']"] == [[7, 7, 3, 8], [None, None, None, 'fsdp']]
+  assert specs[".params['fc']['kernel']"] == [[32, 10], ['fsdp', None]]
+  assert specs[".params['fc']['bias']"] == [[10], [None]]  # 10 % 8 != 0: replicated
+  assert specs[".params['layer1_0']['se']['reduce']['kernel']"] == [[1, 1, 8, 1],
+                                                                   [None, None, 'fsdp', None]]
+  assert specs[".batch_stats['bn1']['mean']"] == [[8], ['fsdp']]
+  assert specs['.step'] == [[], []] and specs['.rng'][1] == []
+  # Optimizer state and EMA leaves follow their parameter's sharding.
+  for path, (shape, spec) in specs.items():
+    if path.startswith('.params'):
+      assert specs['.ema_params' + path[len('.params'):]] == [shape, spec], path
+      assert specs['.opt_state[0].trace' + path[len('.params'):]] == [shape, spec], path
+
+
+@pytest.mark.slow  # ~100 s of CPU: two 8-device compiles in a subprocess
+def test_fsdp8_equals_data_parallel_and_shards_by_the_rule():
+  result = _run_helper('sgd', 'fsdp8')
+  _check_equal_to_data_parallel(result, 'fsdp8')
+  _check_specs(result['fsdp8']['specs'])
+
+
+@pytest.mark.slow
+def test_2d_mesh_and_lars_equal_data_parallel():
+  for optimizer in ('sgd', 'lars'):
+    result = _run_helper(optimizer, 'fsdp8,data2_fsdp4')
+    _check_equal_to_data_parallel(result, 'fsdp8')
+    _check_equal_to_data_parallel(result, 'data2_fsdp4')
