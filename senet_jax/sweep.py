@@ -7,12 +7,15 @@ r"""Run, print or summarise a sweep: a config file with `get_sweep()` next to `g
 Each point trains in DIR/<point name> (resumable: a killed point resumes from its checkpoint,
 a finished point is skipped). --print_commands prints one `main.py` command per point for a
 cluster scheduler; --summarize writes DIR/summary.md and DIR/summary.csv from every point's
-eval results.
+eval results. The trainer is `--trainer` (default: `train:train_and_evaluate`, the
+repository's train.py, importable when run from the checkout); the package itself never imports
+the repository's top-level modules.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import importlib.util
 import json
 import os
@@ -21,6 +24,22 @@ import sys
 from typing import Any
 
 DONE_FILE = 'sweep_point_done.json'
+DEFAULT_TRAINER = 'train:train_and_evaluate'
+
+
+def load_trainer(spec: str = DEFAULT_TRAINER):
+  """The function `module:function` that trains one config into a workdir."""
+  module_name, _, function = spec.partition(':')
+  if not module_name or not function:
+    raise ValueError(f"--trainer={spec!r}: expected 'module:function'")
+  if module_name == 'train' and os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())  # `senet-sweep` from the checkout, like `python -m`
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ValueError(f'--trainer={spec!r}: cannot import {module_name!r} ({e}); run from the '
+                     'repository root or pass --trainer=module:function') from e
+  return getattr(module, function)
 
 
 def load_sweep(config_arg: str) -> tuple[Any, list[dict[str, Any]], str, str]:
@@ -72,9 +91,12 @@ def command(path: str, variant: str, workdir: str, point: dict[str, Any]) -> str
   return ' '.join(shlex.quote(a) for a in args)
 
 
-def run(config, points, workdir: str) -> list[str]:
-  """Trains every unfinished point in turn; returns the names of the points it ran."""
-  import train
+def run(config, points, workdir: str, train_fn=None) -> list[str]:
+  """Trains every unfinished point in turn; returns the names of the points it ran.
+
+  `train_fn(config, workdir)` trains one point (None: `load_trainer()`).
+  """
+  train_fn = train_fn or load_trainer()
   ran = []
   for point in points:
     name = point_name(point)
@@ -83,7 +105,7 @@ def run(config, points, workdir: str) -> list[str]:
       print(f'[sweep] {name}: finished earlier, skipped')
       continue
     print(f'[sweep] {name}: training in {point_dir}')
-    results = train.train_and_evaluate(apply_point(config, point), point_dir)
+    results = train_fn(apply_point(config, point), point_dir)
     with open(os.path.join(point_dir, DONE_FILE), 'w') as f:
       json.dump({'point': point, 'results': results}, f, indent=1, default=str)
     ran.append(name)
@@ -124,6 +146,7 @@ def main(argv=None) -> int:
   p.add_argument('--workdir', required=True)
   p.add_argument('--print_commands', action='store_true', help='print, do not run')
   p.add_argument('--summarize', action='store_true', help='only collect results')
+  p.add_argument('--trainer', default=DEFAULT_TRAINER, help='module:function training a point')
   args = p.parse_args(argv)
   config, points, path, variant = load_sweep(args.config)
   if args.print_commands:
@@ -132,7 +155,7 @@ def main(argv=None) -> int:
     return 0
   os.makedirs(args.workdir, exist_ok=True)
   if not args.summarize:
-    run(config, points, args.workdir)
+    run(config, points, args.workdir, load_trainer(args.trainer))
   summarize(points, args.workdir)
   with open(os.path.join(args.workdir, 'summary.md')) as f:
     print(f.read())

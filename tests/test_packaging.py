@@ -1,0 +1,54 @@
+"""The package installs from pyproject.toml and its tools run with no checkout around them."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def installed(tmp_path_factory):
+  """`pip install --no-deps --target` of the checkout (dependencies: the running venv's)."""
+  target = tmp_path_factory.mktemp('site')
+  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
+                  '--no-build-isolation', '--target', str(target), ROOT],
+                 check=True, cwd=str(tmp_path_factory.mktemp('build')))
+  return target
+
+
+def run_outside(installed, tmp_path, args):
+  """Runs `args` in an empty directory with only the installed copy importable."""
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  env.update(PYTHONPATH=str(installed), JAX_PLATFORMS='cpu')
+  return subprocess.run(args, cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_console_script_runs_from_a_directory_without_the_checkout(installed, tmp_path):
+  script = os.path.join(installed, 'bin', 'senet-complexity')
+  result = run_outside(installed, tmp_path, [sys.executable, script,
+                                             '--models=mobilenet_v1,se_mobilenet_v1',
+                                             '--resolution=32'])
+  assert result.returncode == 0, result.stderr
+  rows = {line.split('|')[1].strip(): float(line.split('|')[3])
+          for line in result.stdout.splitlines() if 'mobilenet_v1 |' in line}
+  # SE paper, Table 3: MobileNet 4.2M parameters, SE-MobileNet 4.7M.
+  assert (round(rows['mobilenet_v1'], 1), round(rows['se_mobilenet_v1'], 1)) == (4.2, 4.7)
+
+
+@pytest.mark.slow
+def test_every_module_imports_without_top_level_repository_modules(installed, tmp_path):
+  code = '''
+import importlib, pkgutil, sys
+import senet_jax
+assert senet_jax.__file__.startswith(sys.argv[1]), senet_jax.__file__
+for info in pkgutil.walk_packages(senet_jax.__path__, 'senet_jax.'):
+  importlib.import_module(info.name)
+leaked = sorted(m for m in ('train', 'main', 'configs') if m in sys.modules)
+assert not leaked, leaked
+print('ok')
+'''
+  result = run_outside(installed, tmp_path, [sys.executable, '-c', code, str(installed)])
+  assert result.returncode == 0 and 'ok' in result.stdout, result.stderr
