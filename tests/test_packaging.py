@@ -52,3 +52,41 @@ print('ok')
 '''
   result = run_outside(installed, tmp_path, [sys.executable, '-c', code, str(installed)])
   assert result.returncode == 0 and 'ok' in result.stdout, result.stderr
+
+
+TRAIN_SCRIPT = '''
+import jax, jax.numpy as jnp, optax
+from senet_jax.models import create_model
+model = create_model('se_resnet18', num_classes=10, attn_layer='eca', stage_sizes=(1, 1, 1, 1),
+                     stage_planes=(8, 16, 16, 16), stem_width=8)
+images = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+labels = jnp.arange(8) % 10
+variables = model.init(jax.random.key(1), images)
+params, stats = variables['params'], variables['batch_stats']
+tx = optax.sgd(0.1, momentum=0.9)
+opt = tx.init(params)
+
+@jax.jit
+def step(params, stats, opt):
+  def loss_fn(p):
+    logits, new = model.apply({'params': p, 'batch_stats': stats}, images, train=True,
+                              mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), new
+  (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, opt = tx.update(grads, opt, params)
+  return optax.apply_updates(params, updates), new['batch_stats'], opt, loss
+
+losses = []
+for _ in range(5):
+  params, stats, opt, loss = step(params, stats, opt)
+  losses.append(float(loss))
+print(losses)
+assert losses[-1] < losses[0], losses
+'''
+
+
+@pytest.mark.slow
+def test_a_one_file_script_outside_the_checkout_trains(installed, tmp_path):
+  (tmp_path / 'train_me.py').write_text(TRAIN_SCRIPT)
+  result = run_outside(installed, tmp_path, [sys.executable, 'train_me.py'])
+  assert result.returncode == 0, result.stderr[-2000:]
