@@ -13,8 +13,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from senet_jax.models import conv_impls, layers
+from senet_jax.models import layers
 from senet_jax.models.attention.config import AttentionFields
+from senet_jax.ops import conv_impls
 
 
 class SEModel(AttentionFields):

@@ -20,7 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from senet_jax.models import conv_impls, layers
+from senet_jax.models import layers
+from senet_jax.ops import conv_impls
 from senet_jax.models import squeeze_excite as se_lib
 from senet_jax.models.attention.config import AttentionFields
 
