@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from senet_jax import evaluation
 from senet_jax.convert import hub
 from senet_jax.data import pipeline
-from senet_jax.models import create_model, min_resolution
+from senet_jax.models import builder, create_model, min_resolution
 from senet_jax.training import checkpoint as ckpt_lib
 from senet_jax.training import (config_diff, distill, optim, preemption, progressive, steps,
                                 workdir_lock)
@@ -46,11 +46,9 @@ def _log(msg: str, *args) -> None:
 
 
 def build_model(config):
-  """The configured model (compute dtype and conv implementation from the config)."""
-  dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
-  kwargs = dict(config.model_kwargs)
-  kwargs.setdefault('conv_impl', config.conv_impl)
-  return create_model(config.model, num_classes=config.num_classes, dtype=dtype, **kwargs)
+  """The configured model, through the package's one model builder."""
+  return builder.build_model(config.model, num_classes=config.num_classes, dtype=config.dtype,
+                             conv_impl=config.conv_impl, model_kwargs=config.model_kwargs)
 
 
 def training_length(config, num_train_examples: int) -> tuple[int, int]:

@@ -4,7 +4,7 @@ r"""Grouped 3x3 convolutions, forward + backward: every senet_jax formulation vs
     python benchmarks/grouped_conv.py --groups=64 --impls=split,dense
 
 For each NHWC shape it times jit(value_and_grad) of sum(conv(x, w)**2) w.r.t. x and w for each
-formulation in `senet_jax.models.conv_impls` (after checking it equals
+formulation in `senet_jax.ops.conv_impls` (after checking it equals
 `lax.conv_general_dilated`) and the same step of `torch.nn.Conv2d(groups=G)`, median of several
 runs with the same thread count, and prints milliseconds and the ratio torch / formulation
 (> 1: faster than PyTorch). 'xla' is skipped on maps smaller than 7x7 (minutes on CPU).
@@ -39,7 +39,7 @@ def jax_step(impl, x, w, groups):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from senet_jax.models import conv_impls
+  from senet_jax.ops import conv_impls
   pads = ((1, 1), (1, 1))
   conv = lambda x, w: conv_impls.conv(x, w, 1, pads, groups, impl)
   ref = jax.jit(lambda x, w: conv_impls.conv_xla(x, w, 1, pads, groups))(x, w)

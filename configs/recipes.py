@@ -9,10 +9,11 @@ from configs import default
 from senet_jax.models import model_info
 
 # SE knobs exposed on the command line for the ResNet family, with the paper's defaults.
-SE_RESNET_KNOBS = dict(se_reduction=16.0, se_squeeze='avg', se_gate='sigmoid', se_act='relu',
+# `attn_layer` swaps SE for 'eca' / 'cbam' / 'gather_excite' (senet_jax.models.attention).
+SE_RESNET_KNOBS = dict(attn_layer='se', se_reduction=16.0, se_squeeze='avg', se_gate='sigmoid', se_act='relu',
                        se_position='standard', se_stages=(2, 3, 4, 5), se_bias=True,
                        layout='original', basic_relu_before_se=False)
-SE_EFFICIENTNET_KNOBS = dict(se_squeeze='avg', se_gate='sigmoid', se_act='swish',
+SE_EFFICIENTNET_KNOBS = dict(attn_layer='se', se_squeeze='avg', se_gate='sigmoid', se_act='swish',
                              se_width_base='input', se_stages=(2, 3, 4, 5, 6, 7, 8),
                              drop_path_rate=0.2, padding='tf_same', bn_momentum=0.99,
                              bn_epsilon=1e-3)
@@ -69,7 +70,7 @@ def se_resnet(model: str, se: bool = True) -> ml_collections.ConfigDict:
   return config
 
 
-SE_PLUGIN_KNOBS = dict(se_reduction=16.0, se_squeeze='avg', se_gate='sigmoid', se_act='relu',
+SE_PLUGIN_KNOBS = dict(attn_layer='se', se_reduction=16.0, se_squeeze='avg', se_gate='sigmoid', se_act='relu',
                        se_bias=True)
 
 

@@ -15,21 +15,22 @@ from senet_jax.utils import quiet
 
 
 def batches_for(loaded, dataset, split, data_dir, classes, per_class, batch_size=64):
-  """Eval batches of the split until every chosen class has `per_class` images."""
+  """Eval batches of the split until every chosen class has `per_class` images.
+
+  The split and the preprocessing come from the checkpoint (`loaded`) unless `dataset`,
+  `split` or `data_dir` are given; only the values the eval pipeline reads are passed to it.
+  """
+  import ml_collections
   import numpy as np
-  from configs import default
   from senet_jax.data import pipeline
-  config = default.get_config()
-  stored = loaded.config
-  config.update({k: stored[k] for k in ('dataset', 'data_dir', 'eval_split', 'num_classes')
-                 if k in stored and stored[k] is not None})
-  config.update(dict(image_size=loaded.image_size, eval_crop_fraction=loaded.eval_crop_fraction,
-                     interpolation=loaded.interpolation, mean_rgb=loaded.mean_rgb,
-                     std_rgb=loaded.std_rgb, eval_batch_size=batch_size,
-                     num_classes=loaded.num_classes))
-  for key, value in (('dataset', dataset), ('eval_split', split), ('data_dir', data_dir)):
-    if value:
-      config[key] = value
+  stored = loaded.config or {}
+  config = ml_collections.ConfigDict(dict(
+      dataset=dataset or stored.get('dataset') or 'imagenet2012',
+      eval_split=split or stored.get('eval_split') or 'validation',
+      data_dir=data_dir or stored.get('data_dir'), image_size=loaded.image_size,
+      eval_crop_fraction=loaded.eval_crop_fraction, interpolation=loaded.interpolation,
+      mean_rgb=tuple(loaded.mean_rgb), std_rgb=tuple(loaded.std_rgb), input_dtype='float32',
+      eval_batch_size=batch_size, num_classes=loaded.num_classes))
   source = pipeline.open_source(config.dataset, config.eval_split, config.data_dir)
   seen = {c: 0 for c in classes} if classes else None
   for batch in pipeline.eval_iterator(config, source):

@@ -11,11 +11,15 @@ time. --print_commands prints one `main.py` command per run for a cluster schedu
 paths and this Python: they work from any directory); --summarize writes DIR/summary.md and
 DIR/summary.csv from every run's eval results: parameters, time, seeds, mean and spread of
 top-1 over seeds, and whether the points differ by more than that spread.
+The trainer is `--trainer` (default: `train:train_and_evaluate`, the repository's train.py,
+importable when run from the checkout); the package itself never imports the repository's
+top-level modules.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import importlib.util
 import json
 import os
@@ -26,6 +30,22 @@ from typing import Any
 
 from senet_jax.analysis.sweep_stats import DONE_FILE
 from senet_jax.utils import paths
+DEFAULT_TRAINER = 'train:train_and_evaluate'
+
+
+def load_trainer(spec: str = DEFAULT_TRAINER):
+  """The function `module:function` that trains one config into a workdir."""
+  module_name, _, function = spec.partition(':')
+  if not module_name or not function:
+    raise ValueError(f"--trainer={spec!r}: expected 'module:function'")
+  if module_name == 'train' and os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())  # `senet-sweep` from the checkout, like `python -m`
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ValueError(f'--trainer={spec!r}: cannot import {module_name!r} ({e}); run from the '
+                     'repository root or pass --trainer=module:function') from e
+  return getattr(module, function)
 
 
 def load_sweep(config_arg: str) -> tuple[Any, list[dict[str, Any]], str, str]:
@@ -101,10 +121,14 @@ def count_params(config) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
 
 
-def run(config, points, workdir: str, seeds: list[int] | None = None) -> list[str]:
+def run(config, points, workdir: str, seeds: list[int] | None = None,
+        train_fn=None) -> list[str]:
   """Trains every unfinished point (x seed) in turn; returns the run directories it trained,
-  relative to `workdir`. Prints each run's progress, result, time and the sweep's ETA."""
-  import train
+  relative to `workdir`. Prints each run's progress, result, time and the sweep's ETA.
+
+  `train_fn(config, workdir)` trains one run (None: `load_trainer()`).
+  """
+  train_fn = train_fn or load_trainer()
   from senet_jax.training.progress import format_duration
   runs = [(point, seed) for point in points for seed in (seeds or [None])]
   ran, seconds = [], []
@@ -120,7 +144,7 @@ def run(config, points, workdir: str, seeds: list[int] | None = None) -> list[st
       point_config.seed = seed
     print(f'{label}: training in {directory}', flush=True)
     t0 = time.perf_counter()
-    results = train.train_and_evaluate(point_config, directory)
+    results = train_fn(point_config, directory)
     seconds.append(time.perf_counter() - t0)
     with open(os.path.join(directory, DONE_FILE), 'w') as f:
       json.dump({'point': point, 'seed': point_config.seed, 'results': results,
@@ -161,6 +185,7 @@ def main(argv=None) -> int:
   p.add_argument('--seeds', default='',
                  help='comma-separated seeds, one run of every point each (default: one run '
                       "with the config's seed); the summary then gives the spread over seeds")
+  p.add_argument('--trainer', default=DEFAULT_TRAINER, help='module:function training a point')
   args = p.parse_args(argv)
   config, points, path, variant = load_sweep(args.config)
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()] or None
@@ -172,7 +197,7 @@ def main(argv=None) -> int:
     return 0
   os.makedirs(args.workdir, exist_ok=True)
   if not args.summarize:
-    run(config, points, args.workdir, seeds)
+    run(config, points, args.workdir, seeds, load_trainer(args.trainer))
   summarize(points, args.workdir)
   with open(os.path.join(args.workdir, 'summary.md')) as f:
     print(f.read())

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from senet_jax.models import conv_impls
+from senet_jax.ops import conv_impls
 
 CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, size)
     ('shift', 8, 8, 8, 3, 1, 'SAME', 9),

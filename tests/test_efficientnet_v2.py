@@ -76,7 +76,7 @@ def test_fused_blocks_have_no_depthwise_conv_and_se_only_in_mbconv_stages():
 
 
 def test_se_knobs():
-  params, intermediates = shapes(tiny(se_stages=(2, 3, 4), se_ratio=0.5))
+  params, intermediates = shapes(tiny(se_stages=(2, 3, 4), se_reduction=2))
   assert params['blocks_0_0']['se']['reduce']['kernel'].shape == (1, 1, 8, 4)  # before conv
   assert params['blocks_1_0']['se']['reduce']['kernel'].shape == (1, 1, 32, 4)
   assert list(collect_excitations(intermediates)) == [

@@ -1,4 +1,4 @@
-"""The hand-written CPU kernels (senet_jax/kernels): values against XLA's own convolution
+"""The hand-written CPU kernels (senet_jax/ops/kernels): values against XLA's own convolution
 gradient, use inside `conv_shift`, and a build that fails cleanly."""
 import os
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from senet_jax import kernels
-from senet_jax.models import conv_impls
+from senet_jax.ops import kernels
+from senet_jax.ops import conv_impls
 
 needs_kernels = pytest.mark.skipif(kernels._compiler() is None, reason='no C++ compiler')
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from senet_jax.models import create_model, layers, list_models, model_info
-from senet_jax.models.squeeze_excite import SqueezeExcite
+from senet_jax.models.attention import ATTN_LAYERS
 
 
 def _layer_macs(module, args, out) -> int:
@@ -44,7 +44,7 @@ def count(model: nn.Module, resolution: int, se_gating: bool = False) -> tuple[i
     out = next_fun(*args, **kwargs)
     if context.method_name == '__call__':
       total[0] += _layer_macs(context.module, args, out)
-      if se_gating and isinstance(context.module, SqueezeExcite):
+      if se_gating and isinstance(context.module, tuple(ATTN_LAYERS.values())):
         total[0] += math.prod(out.shape)
     return out
 

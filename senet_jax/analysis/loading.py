@@ -10,11 +10,10 @@ import json
 import os
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from senet_jax.models import create_model
+from senet_jax.models import builder
 from senet_jax.training.checkpoint import CheckpointError, load_params
 from senet_jax.utils import quiet
 
@@ -65,13 +64,15 @@ def load(directory: str) -> Loaded:
   if 'config' in meta:  # a training checkpoint
     config = _tuples(json.loads(meta['config']))
     model_name, kwargs, num_classes = config['model'], config['model_kwargs'], config['num_classes']
-    kwargs = {**kwargs, 'conv_impl': kwargs.get('conv_impl', config.get('conv_impl', 'auto'))}
+    conv_impl = config.get('conv_impl', 'auto')
   else:  # a converter output
     config = {}
     model_name, kwargs, num_classes = meta['model'], _tuples(meta['model_kwargs']), meta[
         'num_classes']
+    conv_impl = 'auto'
   prep = meta['preprocessing']
-  model = create_model(model_name, num_classes=num_classes, dtype=jnp.float32, **kwargs)
+  model = builder.build_model(model_name, num_classes=num_classes, conv_impl=conv_impl,
+                              model_kwargs=kwargs)
   with quiet.orbax_read_only():
     weights = load_params(directory)
   return Loaded(model, weights, num_classes, prep['image_size'], prep['eval_crop_fraction'],

@@ -81,6 +81,25 @@ def preprocessing(timm_name: str) -> core.Preprocessing:
 _RESNET_BLOCK = {'se_module.fc1': 'se/reduce', 'se_module.fc2': 'se/expand',
                  'se.fc1': 'se/reduce', 'se.fc2': 'se/expand',
                  'downsample.0': 'downsample_conv', 'downsample.1': 'downsample_bn'}
+# timm attention layers (`create_attn`) inside a block -> senet_jax.models.attention names.
+_ATTENTION = ((r'se\.conv', 'se/conv'), (r'se\.fc', 'se/fc'), (r'se\.(?:channel|mlp)\.fc1', 'se/reduce'),
+              (r'se\.(?:channel|mlp)\.fc2', 'se/expand'),
+              (r'se\.spatial\.conv\.conv', 'se/spatial_conv'),
+              (r'se\.spatial\.conv\.bn', 'se/spatial_bn'),
+              (r'se\.gather\.conv(\d+)', r'se/gather_conv\1'),
+              (r'se\.gather\.norm(\d+)', r'se/gather_bn\1'))
+
+
+def _block_part(rest: str) -> str:
+  """A ResNet block's sub-module name: the SE / downsample table, then attention layers."""
+  if rest in _RESNET_BLOCK:
+    return _RESNET_BLOCK[rest]
+  for pattern, replacement in _ATTENTION:
+    if re.fullmatch(pattern, rest):
+      return re.sub(pattern, replacement, rest)
+  return rest
+
+
 _EFF_DS = {'conv_dw': 'conv_dw', 'bn1': 'bn_dw', 'conv_pw': 'conv_pwl', 'bn2': 'bn_pwl'}
 _EFF_IR = {'conv_pw': 'conv_pw', 'bn1': 'bn_pw', 'conv_dw': 'conv_dw', 'bn2': 'bn_dw',
            'conv_pwl': 'conv_pwl', 'bn3': 'bn_pwl'}
@@ -95,7 +114,7 @@ def _resnet_module(module: str, state_dict: dict) -> str | None:
   match = re.fullmatch(r'layer([1-4])\.(\d+)\.(.+)', module)
   if match:
     stage, block, rest = match.groups()
-    return f'layer{stage}_{block}/{_RESNET_BLOCK.get(rest, rest)}'
+    return f'layer{stage}_{block}/{_block_part(rest)}'
   match = re.fullmatch(r'(?:layer0\.)?(conv|bn)([123])', module)
   if match:
     kind, i = match.groups()
@@ -152,6 +171,8 @@ def convert_tensor(param: str, value: np.ndarray) -> tuple[str, str, np.ndarray]
       return 'params', 'kernel', core.torch_conv_to_flax(value)
     if value.ndim == 2:
       return 'params', 'kernel', core.torch_linear_to_flax(value)
+    if value.ndim == 3:  # Conv1d (out, in, k) -> flax (k, in, out): ECA's channel conv
+      return 'params', 'kernel', np.transpose(value, (2, 1, 0))
     return 'params', 'scale', value
   if param == 'bias':
     return 'params', 'bias', value

@@ -12,7 +12,8 @@ from senet_jax.models import shufflenet as _shufflenet  # noqa: F401  (registers
 from senet_jax.models import vgg as _vgg  # noqa: F401  (registers)
 from senet_jax.models.registry import (ModelInfo, create_model, list_models, min_resolution,
                                        model_info)
+from senet_jax.models.attention import ATTN_LAYERS, AttentionConfig
 from senet_jax.models.squeeze_excite import SqueezeExcite, collect_excitations
 
-__all__ = ['ModelInfo', 'SqueezeExcite', 'collect_excitations', 'create_model', 'list_models',
+__all__ = ['ATTN_LAYERS', 'AttentionConfig', 'ModelInfo', 'SqueezeExcite', 'collect_excitations', 'create_model', 'list_models',
            'min_resolution', 'model_info']

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from senet_jax.models import layers
-from senet_jax.models import squeeze_excite as se_lib
+from senet_jax.models.base import SEModel
 from senet_jax.models.registry import register
 
 
@@ -79,7 +79,7 @@ class InceptionModule(nn.Module):
     return jnp.concatenate(towers, axis=-1)
 
 
-class BNInception(se_lib.SEModel):
+class BNInception(SEModel):
   """BN-Inception / SE-BN-Inception (224 px; any size >= 32 works)."""
   modules: tuple[InceptionSpec, ...] = MODULES
   stem_widths: tuple[int, int, int] = (64, 64, 192)
@@ -103,7 +103,7 @@ class BNInception(se_lib.SEModel):
       x = InceptionModule(spec, conv_bn, name=f'inception_{spec.name}')(x, train)
       stage = int(spec.name[0])
       index[stage] = index.get(stage, 0) + 1
-      se = self.se_layer(f'SE_{stage}_{index[stage]}')
+      se = self.plugin_attn(stage, index[stage], train)
       if se is not None:
         x = se(name=f'se_{spec.name}')(x)
     x = layers.FeatureTap(name='features')(x)

@@ -21,8 +21,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from senet_jax.models import conv_impls, layers
+from senet_jax.models import layers
+from senet_jax.ops import conv_impls
 from senet_jax.models import squeeze_excite as se_lib
+from senet_jax.models.attention.config import AttentionFields
 from senet_jax.models.registry import register
 
 B0_BLOCKS = (
@@ -136,13 +138,14 @@ class MBConv(nn.Module):
     return x
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(AttentionFields):
   """EfficientNet from block strings, width/depth coefficients (or `phi`) and SE knobs.
 
-  SE fields: `se` on/off, `se_stages` (paper stages 2..8; None: all), `se_ratio` (None: the block
-  strings' 0.25), `se_width_base` ('input': width from the block input channels as released;
-  'expanded': the "wide SE" computed from the expanded channels), `se_width_rule`,
-  `se_squeeze`, `se_gate`, `se_act`.
+  Attention fields (`AttentionFields`): `se` on/off, `attn_layer`, `se_stages` (paper stages
+  2..8; None: all), `se_reduction` (None: 1 / the block strings' se ratio, i.e. 4),
+  `se_width_base` ('input': width from the block input channels as released; 'expanded': the
+  "wide SE" computed from the expanded channels), `se_width_rule`, `se_squeeze`, `se_gate`,
+  `se_act`, `se_bias`.
   """
   width: float = 1.0
   depth: float = 1.0
@@ -157,13 +160,8 @@ class EfficientNet(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   act: str = 'swish'
-  se: bool = True
-  se_stages: Sequence[int] | None = None
-  se_ratio: float | None = None
+  se_reduction: float | None = None
   se_width_base: str = 'input'
-  se_width_rule: str = 'floor'
-  se_squeeze: str = 'avg'
-  se_gate: str = 'sigmoid'
   se_act: str = 'swish'
   conv_impl: str = 'auto'
   dtype: Any = jnp.float32
@@ -173,14 +171,12 @@ class EfficientNet(nn.Module):
     layers.check_choice('act', self.act, tuple(layers.ACTIVATIONS))
     layers.check_choice('se_width_base', self.se_width_base, ('input', 'expanded'))
     layers.check_choice('conv_impl', self.conv_impl, conv_impls.IMPLS)
-    se_lib.validate_se_options(squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act,
-                               width_rule=self.se_width_rule, reduction=1.0)
-    if self.se_ratio is not None and not 0 < self.se_ratio <= 1:
-      raise ValueError(f'se_ratio must be in (0, 1], got {self.se_ratio!r}')
-    for stage in self.se_stages or ():
-      layers.check_choice('se_stages (each entry)', stage,
-                          tuple(range(FIRST_STAGE, FIRST_STAGE + len(self.blocks))))
     super().__post_init__()
+
+  @nn.nowrap
+  def attention_stages(self) -> tuple[int, ...]:
+    """Paper stages 2..(1 + number of block strings)."""
+    return tuple(range(FIRST_STAGE, FIRST_STAGE + len(self.blocks)))
 
   @nn.nowrap
   def coefficients(self) -> tuple[float, float]:
@@ -218,7 +214,8 @@ class EfficientNet(nn.Module):
         in_channels = args.in_channels if b == 0 else args.out_channels
         x = MBConv(in_channels, args.out_channels, args.kernel_size,
                    args.stride if b == 0 else 1, args.expand_ratio,
-                   se_layer=self._se_factory(FIRST_STAGE + s, b + 1, args, in_channels),
+                   se_layer=self._attn(FIRST_STAGE + s, b + 1, args, in_channels, conv, norm,
+                                     train),
                    drop_path_rate=self.drop_path_rate * index / total, conv=conv, norm=norm,
                    act=act, name=f'blocks_{s}_{b}')(x, train)
         index += 1
@@ -231,16 +228,15 @@ class EfficientNet(nn.Module):
                     kernel_init=layers.dense_kernel_init_uniform_fan_out)(x)
 
   @nn.nowrap
-  def _se_factory(self, stage: int, block: int, args: BlockArgs, in_channels: int):
-    ratio = self.se_ratio if self.se_ratio is not None else args.se_ratio
-    if not self.se or not ratio or (self.se_stages is not None and stage not in self.se_stages):
+  def _attn(self, stage: int, block: int, args: BlockArgs, in_channels: int, conv, norm, train):
+    """The block's attention constructor: the block string's SE ratio unless overridden."""
+    reduction = self.se_reduction or (1.0 / args.se_ratio if args.se_ratio else None)
+    if not reduction:
       return None
     base = in_channels if self.se_width_base == 'input' else in_channels * args.expand_ratio
-    return functools.partial(
-        se_lib.SqueezeExcite, reduction=1.0 / ratio, width_rule=self.se_width_rule,
-        width_base=base, squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act,
-        use_bias=True, record_name=f'SE_{stage}_{block}',
-        kernel_init=layers.conv_kernel_init_fan_out(), dtype=self.dtype)
+    return self.attn(stage, block, reduction=reduction, width_base=base,
+                     kernel_init=layers.conv_kernel_init_fan_out(), conv=conv, norm=norm,
+                     dtype=self.dtype, train=train)
 
 
 for _variant, (_w, _d, _res, _drop) in RELEASED.items():

@@ -26,10 +26,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from senet_jax.models import conv_impls, layers
+from senet_jax.models import layers
 from senet_jax.models import squeeze_excite as se_lib
+from senet_jax.models.attention.config import AttentionFields
 from senet_jax.models.efficientnet import MBConv, decode_block_string, round_repeats
 from senet_jax.models.registry import register
+from senet_jax.ops import conv_impls
 
 FIRST_STAGE = 2  # stage 1 is the stem
 
@@ -136,13 +138,14 @@ class FusedMBConv(nn.Module):
     return x
 
 
-class EfficientNetV2(nn.Module):
+class EfficientNetV2(AttentionFields):
   """EfficientNetV2 from a block table, width/depth coefficients and SE knobs.
 
-  SE fields as in V1's `EfficientNet`: `se` on/off, `se_stages` (stages 2..; None: the stages
-  the table marks 'se', i.e. the MBConv stages; a tuple: exactly those stages, fused ones
-  included), `se_ratio` (None: the table's 0.25), `se_width_base` ('input' as released, or
-  'expanded'), `se_width_rule`, `se_squeeze`, `se_gate`, `se_act`.
+  Attention fields as in V1's `EfficientNet` (`AttentionFields`): `se` on/off, `attn_layer`,
+  `se_stages` (stages 2..; None: the stages the table marks 'se', i.e. the MBConv stages; a
+  tuple: exactly those stages, fused ones included), `se_reduction` (None: the table's
+  1 / 0.25), `se_width_base` ('input' as released, or 'expanded'), `se_width_rule`,
+  `se_squeeze`, `se_gate`, `se_act`.
   """
   width: float = 1.0
   depth: float = 1.0
@@ -155,13 +158,8 @@ class EfficientNetV2(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
   act: str = 'swish'
-  se: bool = True
-  se_stages: Sequence[int] | None = None
-  se_ratio: float | None = None
+  se_reduction: float | None = None
   se_width_base: str = 'input'
-  se_width_rule: str = 'floor'
-  se_squeeze: str = 'avg'
-  se_gate: str = 'sigmoid'
   se_act: str = 'swish'
   conv_impl: str = 'auto'
   dtype: Any = jnp.float32
@@ -171,14 +169,14 @@ class EfficientNetV2(nn.Module):
     layers.check_choice('act', self.act, tuple(layers.ACTIVATIONS))
     layers.check_choice('se_width_base', self.se_width_base, ('input', 'expanded'))
     layers.check_choice('conv_impl', self.conv_impl, conv_impls.IMPLS)
-    se_lib.validate_se_options(squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act,
-                               width_rule=self.se_width_rule, reduction=1.0)
-    if self.se_ratio is not None and not 0 < self.se_ratio <= 1:
-      raise ValueError(f'se_ratio must be in (0, 1], got {self.se_ratio!r}')
-    for stage in self.se_stages or ():
-      layers.check_choice('se_stages (each entry)', stage,
-                          tuple(range(FIRST_STAGE, FIRST_STAGE + len(self.blocks))))
+    if self.se_reduction is not None and not self.se_reduction >= 1:
+      raise ValueError(f'se_reduction must be >= 1, got {self.se_reduction!r}')
     super().__post_init__()
+
+  @nn.nowrap
+  def attention_stages(self) -> tuple[int, ...]:
+    """Paper stages 2..(1 + number of block strings)."""
+    return tuple(range(FIRST_STAGE, FIRST_STAGE + len(self.blocks)))
 
   @nn.nowrap
   def stage_args(self) -> list[StageArgs]:
@@ -208,7 +206,8 @@ class EfficientNetV2(nn.Module):
         block = FusedMBConv if args.fused else MBConv
         x = block(in_channels, args.out_channels, args.kernel_size,
                   args.stride if b == 0 else 1, args.expand_ratio,
-                  se_layer=self._se_factory(FIRST_STAGE + s, b + 1, args, in_channels),
+                  se_layer=self._attn(FIRST_STAGE + s, b + 1, args, in_channels, conv, norm,
+                                      train),
                   drop_path_rate=self.drop_path_rate * index / total, conv=conv, norm=norm,
                   act=act, name=f'blocks_{s}_{b}')(x, train)
         index += 1
@@ -221,18 +220,15 @@ class EfficientNetV2(nn.Module):
                     kernel_init=layers.dense_kernel_init_uniform_fan_out)(x)
 
   @nn.nowrap
-  def _se_factory(self, stage: int, block: int, args: StageArgs, in_channels: int):
-    wanted = args.se_ratio is not None if self.se_stages is None else stage in self.se_stages
-    if not self.se or not wanted:
-      return None
-    ratio = self.se_ratio or args.se_ratio or 0.25
+  def _attn(self, stage: int, block: int, args: StageArgs, in_channels: int, conv, norm, train):
+    """The block's attention constructor: SE in the table's MBConv stages unless `se_stages`."""
+    if self.se_stages is None and args.se_ratio is None:
+      return None  # released V2: no SE in the Fused-MBConv stages
+    reduction = self.se_reduction or 1.0 / (args.se_ratio or 0.25)
     base = in_channels if self.se_width_base == 'input' else in_channels * args.expand_ratio
-    return functools.partial(
-        se_lib.SqueezeExcite, reduction=1.0 / ratio, width_rule=self.se_width_rule,
-        width_base=base, squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act,
-        use_bias=True, record_name=f'SE_{stage}_{block}',
-        kernel_init=layers.conv_kernel_init_fan_out(), dtype=self.dtype)
-
+    return self.attn(stage, block, reduction=reduction, width_base=base,
+                     kernel_init=layers.conv_kernel_init_fan_out(), conv=conv, norm=norm,
+                     dtype=self.dtype, train=train)
 
 for _variant, (_blocks, _w, _d, _train, _eval, _drop) in RELEASED.items():
   register(f'efficientnetv2_{_variant}', EfficientNetV2, family='efficientnet', resolution=_eval,

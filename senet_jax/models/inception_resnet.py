@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from senet_jax.models import layers
-from senet_jax.models import squeeze_excite as se_lib
+from senet_jax.models.base import SEModel
 from senet_jax.models.registry import register
 
 # (towers of each residual block, width of the block) per stage; a tower is a list of
@@ -71,7 +71,7 @@ class ResidualInceptionBlock(nn.Module):
     return nn.relu(y) if self.relu else y
 
 
-class InceptionResNetV2(se_lib.SEModel):
+class InceptionResNetV2(SEModel):
   """Inception-ResNet-v2 / SE-Inception-ResNet-v2; `stage_sizes` = Block35/17/8 repeats."""
   stage_sizes: Sequence[int] = (10, 20, 9)
   dropout_rate: float = 0.2
@@ -127,7 +127,7 @@ class InceptionResNetV2(se_lib.SEModel):
     x = jnp.concatenate(towers + [self._max_pool(x)], axis=-1)
     x = self._stage(2, x, conv_bn, conv, train)
     x = ResidualInceptionBlock(BLOCK8, 2080, 1.0, conv_bn, conv, relu=False, name='block8',
-                               se_layer=self.se_layer(f'SE_3_{self.stage_sizes[2] + 1}'))(
+                               se_layer=self.plugin_attn(3, self.stage_sizes[2] + 1, train))(
                                    x, train)
     x = conv_bn(1536, 1, name='conv2d_7b')(x, train)
     x = layers.FeatureTap(name='features')(x)
@@ -146,7 +146,7 @@ class InceptionResNetV2(se_lib.SEModel):
     towers, width, scale, name = STAGES[s]
     for b in range(self.stage_sizes[s]):
       x = ResidualInceptionBlock(towers, width, scale, conv_bn, conv, name=f'{name}_{b}',
-                                 se_layer=self.se_layer(f'SE_{s + 1}_{b + 1}'))(x, train)
+                                 se_layer=self.plugin_attn(s + 1, b + 1, train))(x, train)
     return x
 
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from senet_jax.models import layers
 from senet_jax.models import squeeze_excite as se_lib
+from senet_jax.models.base import SEModel
 from senet_jax.models.efficientnet import MBConv
 from senet_jax.models.registry import register
 
@@ -53,7 +54,7 @@ class DepthwiseSeparable(nn.Module):
     return x if self.se_layer is None else self.se_layer(name='se')(x)
 
 
-class MobileNetV1(se_lib.SEModel):
+class MobileNetV1(SEModel):
   """MobileNet v1 / SE-MobileNet; `width` is the paper's multiplier alpha (multiples of 8)."""
   stages: Sequence[tuple[int, int, int]] = V1_STAGES
   width: float = 1.0
@@ -75,7 +76,7 @@ class MobileNetV1(se_lib.SEModel):
     for s, (channels, stride, blocks) in enumerate(self.stages):
       for b in range(blocks):
         x = DepthwiseSeparable(scaled(channels), stride if b == 0 else 1, conv, norm, act,
-                               se_layer=self.se_layer(f'SE_{s + 1}_{b + 1}'),
+                               se_layer=self.plugin_attn(s + 1, b + 1, train),
                                name=f'blocks_{s}_{b}')(x, train)
     x = layers.FeatureTap(name='features')(x)
     x = layers.global_avg_pool(x)
@@ -137,7 +138,7 @@ V3_SMALL = (
 )
 
 
-class MobileNetV3(se_lib.SEModel):
+class MobileNetV3(SEModel):
   """MobileNetV3 from stage tables of block strings (`V3_LARGE`, `V3_SMALL`).
 
   SE defaults are MobileNetV3's: width = make_divisible(expanded / 4, 8), ReLU, hard-sigmoid;
@@ -178,7 +179,7 @@ class MobileNetV3(se_lib.SEModel):
         for r in range(row.repeats):
           x = self._block(row, x, row.stride if r == 0 else 1, conv, norm,
                           nn.relu if row.relu else act, self.drop_path_rate * index / total,
-                          f'SE_{s + 1}_{b + 1}', f'blocks_{s}_{b}', train)
+                          (s + 1, b + 1), f'blocks_{s}_{b}', train)
           b, index = b + 1, index + 1
     x = layers.FeatureTap(name='features')(x)
     x = layers.global_avg_pool(x)[:, None, None, :].astype(self.dtype)
@@ -186,7 +187,7 @@ class MobileNetV3(se_lib.SEModel):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x.reshape(x.shape[0], -1))
     return nn.Dense(self.num_classes, dtype=jnp.float32, name='classifier')(x)
 
-  def _block(self, row, x, strides, conv, norm, act, drop_path, se_name, name, train):
+  def _block(self, row, x, strides, conv, norm, act, drop_path, se_at, name, train):
     in_channels = x.shape[-1]
     if row.kind == 'cn':
       return layers.ConvBNAct(row.out_channels, row.kernel_size, strides, padding=self.padding,
@@ -195,7 +196,7 @@ class MobileNetV3(se_lib.SEModel):
         in_channels * row.expand_ratio, 8)
     return MBConv(in_channels, row.out_channels, row.kernel_size, strides,
                   1 if row.kind == 'ds' else row.expand_ratio,
-                  se_layer=self.se_layer(se_name) if row.se else None, mid_channels=mid,
+                  se_layer=self.plugin_attn(*se_at, train) if row.se else None, mid_channels=mid,
                   drop_path_rate=drop_path, conv=conv, norm=norm, act=act, name=name)(x, train)
 
 

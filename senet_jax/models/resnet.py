@@ -20,8 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from senet_jax.models import conv_impls, layers
+from senet_jax.models import layers
+from senet_jax.ops import conv_impls
 from senet_jax.models import squeeze_excite as se_lib
+from senet_jax.models.attention.config import AttentionFields
 
 LAYOUTS = ('original', 'v1.5')
 BLOCKS = ('basic', 'bottleneck')
@@ -98,18 +100,19 @@ class ResidualUnit(nn.Module):
     return norm(name='bn3', scale_init=last_init)(y)
 
 
-class ResNet(nn.Module):
+class ResNet(AttentionFields):
   """ResNet / ResNeXt / SENet family (NHWC images -> logits), see the module docstring.
 
   `stage_sizes` / `stage_planes` are the stage table (blocks, planes; a bottleneck outputs
   4 * planes and its 3x3 conv has floor(planes * base_width / 64) * groups channels).
-  SE fields: `se` turns SE on; `se_stages` lists the paper stages (2..5) that get it (None: all);
-  `se_reduction`, `se_width_rule` (None: the layout's rule), `se_squeeze`, `se_gate`, `se_act`,
-  `se_bias` and `se_position` are the SqueezeExcite / ResidualUnit knobs.
+  Attention fields (`AttentionFields`): `se` turns attention on (off by default here);
+  `attn_layer` picks SE / ECA / CBAM / GE; `se_stages` lists the paper stages (2..5) that get it
+  (None: all); `se_width_rule` None means the layout's rule; `se_position` places it in the
+  unit (ResidualUnit).
   `basic_relu_before_se` reproduces timm's legacy SE-ResNet-18/34 (a ReLU after the basic
   block's last BN, before SE), which their released weights need.
   """
-  stage_sizes: Sequence[int]
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
   stage_planes: Sequence[int] = (64, 128, 256, 512)
   block: str = 'bottleneck'
   num_classes: int = 1000
@@ -122,13 +125,7 @@ class ResNet(nn.Module):
   layout: str = 'original'
   stride_in_1x1: bool | None = None
   se: bool = False
-  se_stages: Sequence[int] | None = None
-  se_reduction: float = 16
   se_width_rule: str | None = None
-  se_squeeze: str = 'avg'
-  se_gate: str = 'sigmoid'
-  se_act: str = 'relu'
-  se_bias: bool = True
   se_position: str = 'standard'
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
@@ -151,21 +148,20 @@ class ResNet(nn.Module):
     layers.check_choice('stem', self.stem, STEMS)
     layers.check_choice('se_position', self.se_position, se_lib.POSITIONS)
     layers.check_choice('conv_impl', self.conv_impl, conv_impls.IMPLS)
-    se_lib.validate_se_options(squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act,
-                               width_rule=self._se_width_rule(), reduction=self.se_reduction)
     if len(self.stage_planes) != len(self.stage_sizes):
       raise ValueError(f'stage_planes {tuple(self.stage_planes)} and stage_sizes '
                        f'{tuple(self.stage_sizes)} must have the same length')
-    valid_stages = tuple(range(FIRST_STAGE, FIRST_STAGE + len(self.stage_sizes)))
-    for stage in self.se_stages or ():
-      layers.check_choice('se_stages (each entry)', stage, valid_stages)
     if not 0.0 <= self.dropout_rate < 1.0 or not 0.0 <= self.drop_path_rate < 1.0:
       raise ValueError('dropout_rate and drop_path_rate must be in [0, 1)')
 
   @nn.nowrap
-  def _se_width_rule(self) -> str:
-    if self.se_width_rule is not None:
-      return self.se_width_rule
+  def attention_stages(self) -> tuple[int, ...]:
+    """Paper stages 2..(1 + number of stages)."""
+    return tuple(range(FIRST_STAGE, FIRST_STAGE + len(self.stage_sizes)))
+
+  @nn.nowrap
+  def default_width_rule(self) -> str:
+    """SE width C // r in the Caffe release, make_divisible(C / r, 8) in timm's v1.5."""
     return 'floor' if self.layout == 'original' else 'divisible'
 
   @nn.nowrap
@@ -197,7 +193,8 @@ class ResNet(nn.Module):
             out_channels=out_channels, strides=strides, stride_in_1x1=self._stride_in_1x1(),
             groups=self.groups, project=project,
             project_kernel=self.project_kernel if s > 0 else 1,
-            se_layer=self._se_factory(stage, b + 1), se_position=self.se_position,
+            se_layer=self.attn(stage, b + 1, conv=conv, norm=norm, dtype=self.dtype,
+                               train=train), se_position=self.se_position,
             drop_path_rate=self.drop_path_rate * block_index / total_blocks,
             zero_init_last_bn=self.zero_init_last_bn,
             relu_before_se=self.basic_relu_before_se, conv=conv, norm=norm,
@@ -222,12 +219,3 @@ class ResNet(nn.Module):
     if self.layout == 'original':
       return layers.max_pool_ceil(x, 3, 2)
     return layers.max_pool_padded(x, 3, 2)
-
-  @nn.nowrap
-  def _se_factory(self, stage: int, block: int):
-    if not self.se or (self.se_stages is not None and stage not in self.se_stages):
-      return None
-    return functools.partial(
-        se_lib.SqueezeExcite, reduction=self.se_reduction, width_rule=self._se_width_rule(),
-        squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act, use_bias=self.se_bias,
-        record_name=f'SE_{stage}_{block}', dtype=self.dtype)

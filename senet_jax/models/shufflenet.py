@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from senet_jax.models import layers
-from senet_jax.models import squeeze_excite as se_lib
+from senet_jax.models.base import SEModel
 from senet_jax.models.registry import register
 
 # Output channels of stages 2-4 for scale 1x, per number of groups (ShuffleNet paper Table 1).
@@ -62,7 +62,7 @@ class ShuffleUnit(nn.Module):
     return nn.relu(jnp.concatenate([layers.avg_pool(x, 3, 2, 1), y], axis=-1))
 
 
-class ShuffleNetV1(se_lib.SEModel):
+class ShuffleNetV1(SEModel):
   """ShuffleNet v1 / SE-ShuffleNet: `groups` g, `scale` s (channels x s), units per stage."""
   groups: int = 3
   scale: float = 1.0
@@ -89,7 +89,7 @@ class ShuffleNetV1(se_lib.SEModel):
         stride = 2 if u == 0 else 1
         x = ShuffleUnit(x.shape[-1], out, stride, self.groups,
                         1 if (s == 0 and u == 0) else self.groups, conv, norm,
-                        se_layer=self.se_layer(f'SE_{FIRST_STAGE + s}_{u + 1}'),
+                        se_layer=self.plugin_attn(FIRST_STAGE + s, u + 1, train),
                         name=f'stage{FIRST_STAGE + s}_{u}')(x, train)
     x = layers.FeatureTap(name='features')(x)
     x = layers.global_avg_pool(x)

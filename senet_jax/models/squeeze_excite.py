@@ -10,7 +10,6 @@ collection, so analysis code collects every excitation by name without touching 
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable
 
@@ -18,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from senet_jax.models import conv_impls, layers
+from senet_jax.models import layers
 
 SQUEEZES = ('avg', 'max', 'none')
 GATES = ('sigmoid', 'tanh', 'relu', 'hard_sigmoid')
@@ -119,6 +118,11 @@ class SqueezeExcite(nn.Module):
     return x * s.astype(x.dtype)
 
 
+def record_name(stage: int, block: int) -> str:
+  """The name a block's gate values are recorded under: 'SE_<stage>_<block>' (paper stages)."""
+  return f'SE_{stage}_{block}'
+
+
 def collect_excitations(intermediates) -> dict[str, jax.Array]:
   """Flattens an 'intermediates' collection into {'SE_<stage>_<block>': gate values}.
 
@@ -135,52 +139,3 @@ def collect_excitations(intermediates) -> dict[str, jax.Array]:
 
   visit(intermediates)
   return dict(sorted(found.items(), key=lambda kv: [int(p) for p in kv[0].split('_')[1:]]))
-
-
-class SEModel(nn.Module):
-  """Base of the networks that take SE as a plug-in (VGG, Inception, MobileNet, ShuffleNet).
-
-  Holds the SE knobs and the fields every such network has (classifier size, dropout, BN,
-  conv implementation, compute dtype). Subclasses call `self.se_layer(record_name)` where the
-  architecture places an SE block; it returns a `SqueezeExcite` constructor (call it with
-  `name=`) or None when `se` is off, and build layers from `self.conv_and_norm()`. A subclass
-  changes a default by redeclaring the field (MobileNetV3: hard-sigmoid gate, BN eps 1e-3).
-  """
-  se: bool = True
-  se_reduction: float = 16
-  se_width_rule: str = 'floor'
-  se_squeeze: str = 'avg'
-  se_gate: str = 'sigmoid'
-  se_act: str = 'relu'
-  se_bias: bool = True
-  num_classes: int = 1000
-  dropout_rate: float = 0.0
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  conv_impl: str = 'auto'
-  dtype: Any = jnp.float32
-
-  def __post_init__(self):
-    validate_se_options(squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act,
-                        width_rule=self.se_width_rule, reduction=self.se_reduction)
-    layers.check_choice('conv_impl', self.conv_impl, conv_impls.IMPLS)
-    super().__post_init__()
-
-  @nn.nowrap
-  def conv_and_norm(self, **conv_defaults):
-    """(conv, norm) constructors carrying this model's conv impl, dtype and BN settings."""
-    conv = functools.partial(layers.Conv2d, impl=self.conv_impl, dtype=self.dtype,
-                             **conv_defaults)
-    norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, param_dtype=jnp.float32)
-    return conv, norm
-
-  @nn.nowrap
-  def se_layer(self, record_name: str, width_base: int | None = None):
-    """A SqueezeExcite constructor with this model's knobs, or None when `se` is False."""
-    if not self.se:
-      return None
-    return functools.partial(
-        SqueezeExcite, reduction=self.se_reduction, width_rule=self.se_width_rule,
-        width_base=width_base, squeeze=self.se_squeeze, gate=self.se_gate, act=self.se_act,
-        use_bias=self.se_bias, record_name=record_name, dtype=self.dtype)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from senet_jax.models import layers
-from senet_jax.models import squeeze_excite as se_lib
+from senet_jax.models.base import SEModel
 from senet_jax.models.registry import register
 
 VGG_STAGES = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3),
@@ -26,7 +26,7 @@ VGG_STAGES = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3),
 PLACEMENTS = ('every_conv', 'stage_end')
 
 
-class VGG(se_lib.SEModel):
+class VGG(SEModel):
   """VGG-BN / SE-VGG: `stage_sizes` convs per stage of `stage_widths` channels, then the MLP.
 
   SE fields (see `SEModel`): on by default; `se_placement` 'every_conv' (paper) or 'stage_end'.
@@ -54,7 +54,7 @@ class VGG(se_lib.SEModel):
         x = layers.ConvBNAct(width, 3, use_bias=True, conv=conv, norm=norm,
                              name=f'conv{s}_{i}')(x, train)
         if self.se_placement == 'every_conv' or i == num_convs:
-          se = self.se_layer(f'SE_{s}_{i}')
+          se = self.plugin_attn(s, i, train)
           x = x if se is None else se(name=f'se{s}_{i}')(x)
       x = layers.max_pool(x, 2, 2, ((0, 0), (0, 0)))
     x = layers.FeatureTap(name='features')(x)

@@ -10,7 +10,7 @@ speed per backend:
 - 'shift': depthwise only, a sum of k*k shifted, strided slices times a per-channel weight.
   Elementwise work that XLA:CPU fuses well, forward and input gradient. Its weight gradient
   (k*k reductions over shifted slices, which XLA:CPU copies first) comes from the C++ kernel
-  in `senet_jax.kernels` when that is built, in float32 on one CPU device.
+  in `senet_jax.ops.kernels` when that is built, in float32 on one CPU device.
 - 'dense': grouped only, the grouped kernel scattered into a block-diagonal dense kernel and one
   dense convolution. It does `groups` times the arithmetic, but XLA:CPU's dense convolution
   (oneDNN) is so much faster than its grouped one that this wins for ResNeXt widths.
@@ -38,7 +38,7 @@ speed per backend:
   of kxk convs with <= 64 input channels or maps of <= 7 px is 1.3-2x slower than im2col's.
 
 - 'direct': grouped (depthwise too, though 'shift' is the fast one there), stride 1, float32,
-  one CPU device: the C++ kernels of `senet_jax.kernels` (forward, weight gradient; the input
+  one CPU device: the C++ kernels of `senet_jax.ops.kernels` (forward, weight gradient; the input
   gradient is a forward pass with the flipped kernel). Elsewhere it runs 'split'. 1.2-3x
   faster than 'split' on ResNeXt-50's shapes, forward + backward (benchmarks/grouped_conv.py).
 
@@ -57,13 +57,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from senet_jax import kernels
+from senet_jax.ops import kernels
 from senet_jax.utils.xla_flags import cpu_conv_engine
 
 IMPLS = ('auto', 'xla', 'shift', 'dense', 'split', 'direct', 'matmul', 'im2col', 'im2col_grad')
 # 'direct' beats 'split' for groups of <= 8 input channels (its expanded-rows form) and for
 # groups of a multiple of 8 output channels (its broadcast form; `Geometry::broadcast()` in
-# senet_jax/kernels/grouped_cpu.cc): all of ResNeXt-50 32x4d's 3x3 convs. Other shapes (e.g. 12
+# senet_jax/ops/kernels/grouped_cpu.cc): all of ResNeXt-50 32x4d's 3x3 convs. Other shapes (e.g. 12
 # in / 12 out) would need expanded rows that outgrow the cache.
 DIRECT_MAX_EXPANDED_WIDTH = 8
 DIRECT_BROADCAST_MULTIPLE = 8
@@ -164,7 +164,7 @@ def conv_xla(x, kernel, strides: int, padding: Any, groups: int):
 
 def conv_shift(x, kernel, strides: int, padding: Any):
   """Depthwise conv as k*k shifted strided slices times per-channel weights. On CPU, in float32
-  on one device, its weight gradient comes from the hand-written kernel in `senet_jax.kernels`
+  on one device, its weight gradient comes from the hand-written kernel in `senet_jax.ops.kernels`
   (XLA copies a shifted slice of the activations per tap there: 10-20x slower)."""
   pads = _pads(x.shape, kernel.shape, strides, padding)
   if _use_depthwise_kernel(x, kernel):
@@ -247,7 +247,7 @@ def conv_split(x, kernel, strides: int, padding: Any, groups: int):
 
 
 def conv_direct(x, kernel, strides: int, padding: Any, groups: int):
-  """Grouped conv from the C++ kernels in `senet_jax.kernels` (forward, input gradient as a
+  """Grouped conv from the C++ kernels in `senet_jax.ops.kernels` (forward, input gradient as a
   forward with the flipped kernel, weight gradient); 'split' where they cannot run (stride > 1,
   not float32, several devices, no compiler)."""
   pads = _pads(x.shape, kernel.shape, strides, padding)
