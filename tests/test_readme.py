@@ -12,14 +12,23 @@ def python_snippets(text: str) -> list[str]:
   return re.findall(r'^```python\n(.*?)^```', text, flags=re.S | re.M)
 
 
+NEEDS_NETWORK = '# needs: network'  # first line of a block that downloads (not run here)
+
+
+def runnable(snippets: list[str]) -> list[str]:
+  """The snippets that run offline: those not starting with NEEDS_NETWORK."""
+  return [s for s in snippets if not s.startswith(NEEDS_NETWORK)]
+
+
 def test_snippet_extraction():
   text = 'a\n```python\nx = 1\n```\n```bash\nls\n```\n```python\ny = x\n```\n'
   assert python_snippets(text) == ['x = 1\n', 'y = x\n']
+  assert runnable(['x = 1\n', NEEDS_NETWORK + '\nget()\n']) == ['x = 1\n']
 
 
 def test_readme_python_snippets_run_as_pasted(capsys):
   with open(README) as f:
-    snippets = python_snippets(f.read())
+    snippets = runnable(python_snippets(f.read()))
   assert len(snippets) >= 3
   namespace = {'__name__': '__readme__'}
   for i, code in enumerate(snippets, start=1):

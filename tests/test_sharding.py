@@ -42,7 +42,7 @@ def _config(**kw):
   return c
 
 
-def test_validate_config_rejects_bad_meshes_before_compute(tmp_path):
+def test_validate_config_rejects_bad_meshes_before_compute(tmp_path, digits_dir):
   with pytest.raises(ConfigError, match=r'config.mesh_fsdp=3 does not divide'):
     validate_config(_config(mesh_fsdp=3), str(tmp_path), 8, 1)
   # 8 devices split 12 examples unevenly: the mesh sizes are named.
@@ -52,7 +52,9 @@ def test_validate_config_rejects_bad_meshes_before_compute(tmp_path):
   with pytest.raises(ConfigError, match=r'config.batch_size=16 .* in 4 micro-batches: it must '
                                         r'be a multiple of 32'):
     validate_config(_config(mesh_fsdp=8, grad_accum_steps=4), str(tmp_path), 8, 1)
-  validate_config(_config(mesh_fsdp=8), str(tmp_path), 8, 1)  # a valid one passes
+  # A valid one passes (on a prepared dataset: validate_config also opens the splits).
+  validate_config(_config(mesh_fsdp=8, dataset='senet_digits', data_dir=digits_dir,
+                          eval_split='test', num_classes=10, image_size=32), str(tmp_path), 8, 1)
 
 
 @pytest.mark.parametrize('shape,size,spec', [
