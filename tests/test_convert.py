@@ -228,7 +228,7 @@ def test_cli_roundtrip_to_eval_on_digits(tmp_path):
        f'--config.init_from={out}'],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
-  assert 'final eval' in run.stdout and 'num_examples 359' in run.stdout
+  assert 'final eval' in run.stdout and '359 images' in run.stdout  # progress.format_results
 
 
 CONVERTED_EVAL_CONFIG = """

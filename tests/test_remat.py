@@ -29,7 +29,7 @@ def _loss_grads_stats(model, variables, x, mode, policy):
   return value, grads, stats
 
 
-def _check(name, kwargs, size):
+def _check(name, kwargs, size, atol=1e-6):
   model = create_model(name, num_classes=10, **kwargs)
   variables = init_variables(model, size=size, train=True)
   x = jax.random.normal(jax.random.key(1), (4, size, size, 3))
@@ -38,7 +38,7 @@ def _check(name, kwargs, size):
     got = _loss_grads_stats(model, variables, x, 'block', policy)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(got[1:]), jax.tree.leaves(ref[1:])):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol)
 
 
 def _count_remat_regions(model, variables, x):
@@ -58,7 +58,10 @@ def test_block_remat_equals_no_remat(name, kwargs, size):
 @pytest.mark.slow
 @pytest.mark.parametrize('name,kwargs,size', SLOW_FAMILIES, ids=[f[0] for f in SLOW_FAMILIES])
 def test_block_remat_equals_no_remat_other_families(name, kwargs, size):
-  _check(name, kwargs, size)
+  # Recomputation fuses differently, so float32 sums come in another order: on the deeper
+  # concat / channel-shuffle networks (BN-Inception, ShuffleNet) gradients of O(1) differed by
+  # up to 1.1e-5 (measured 2026-12-03); the loss itself still agrees to 1e-6.
+  _check(name, kwargs, size, atol=3e-5)
 
 
 def test_every_block_is_rematerialised():
