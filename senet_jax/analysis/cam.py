@@ -160,17 +160,12 @@ def load_images(paths: list[str], image_size: int, interpolation: str, crop_frac
   error line naming it; batch is None when no file could be used.
   """
   import tensorflow as tf
-  from senet_jax.analysis.loading import ImageError, read_image_bytes
+  from senet_jax.analysis.loading import ImageError, decode_image_file
   from senet_jax.data import preprocess
   batch, crops, kept, errors = [], [], [], []
   for path in paths:
     try:
-      data = read_image_bytes(path)
-      try:
-        image = preprocess.decode_image(tf.constant(data))
-      except tf.errors.OpError as err:
-        raise ImageError(f'{path}: cannot decode it ({err.message.splitlines()[0][:200]})'
-                         ) from None
+      image = decode_image_file(path)
     except ImageError as err:
       errors.append(str(err))
       continue

@@ -124,6 +124,18 @@ def read_image_bytes(path: str, max_pixels: int = MAX_PIXELS) -> bytes:
   return data
 
 
+def decode_image_file(path: str, max_pixels: int = MAX_PIXELS):
+  """The decoded uint8 image tensor of `path`; ImageError (naming the file) when it is missing,
+  over the pixel limit (read from its header, before decoding) or not decodable."""
+  import tensorflow as tf
+  from senet_jax.data import preprocess
+  data = read_image_bytes(path, max_pixels)
+  try:
+    return preprocess.decode_image(tf.constant(data))
+  except tf.errors.OpError as err:
+    raise ImageError(f'{path}: cannot decode it ({err.message.splitlines()[0][:200]})') from None
+
+
 def preprocess_images(paths: list[str], loaded: Loaded, max_pixels: int = MAX_PIXELS
                       ) -> tuple[np.ndarray | None, np.ndarray | None, list[str], list[str]]:
   """Like preprocess_files, but a bad file is reported and skipped, not fatal.
@@ -136,12 +148,7 @@ def preprocess_images(paths: list[str], loaded: Loaded, max_pixels: int = MAX_PI
   batch, shown, kept, errors = [], [], [], []
   for path in paths:
     try:
-      data = read_image_bytes(path, max_pixels)
-      try:
-        image = preprocess.decode_image(tf.constant(data))
-      except tf.errors.OpError as err:
-        raise ImageError(f'{path}: cannot decode it ({err.message.splitlines()[0][:200]})'
-                         ) from None
+      image = decode_image_file(path, max_pixels)
     except ImageError as err:
       errors.append(str(err))
       continue
