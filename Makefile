@@ -8,12 +8,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The runtime requirements alone (make quickstart); STAMP adds the test ones (torch, timm).
 RUNTIME_STAMP := $(VENV)/.installed-runtime
-# jemalloc (apt-get install libjemalloc2) makes XLA:CPU much faster; used when installed.
-JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2))
-ifneq ($(JEMALLOC),)
-export LD_PRELOAD := $(JEMALLOC) $(LD_PRELOAD)
-export MALLOC_CONF := dirty_decay_ms:-1,muzzy_decay_ms:-1,narenas:1
-endif
+# The allocator XLA:CPU needs (senet_jax/utils/allocator.py): jemalloc where installed, else
+# mimalloc from pip (requirements.txt). main.py and `import senet_jax` restart themselves under
+# it; pytest cannot be, so its variables are set here (expanded when the recipe runs, after the
+# environment exists).
+FAST_MALLOC_ENV = $(shell $(PY) -c 'from senet_jax.utils.allocator import print_env; print_env()' 2>/dev/null)
 # Tests use both cores of the reference machine; override with `make test PYTEST_WORKERS=4`.
 PYTEST_WORKERS ?= 2
 
@@ -31,7 +30,7 @@ $(STAMP): $(RUNTIME_STAMP) requirements-test.txt
 
 # worksteal: an idle worker takes queued tests from the busy one, so one long test near the end
 # does not leave a core idle.
-PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal
+PYTEST = env $(FAST_MALLOC_ENV) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 test: $(STAMP)
 	$(PYTEST) -m "not slow"

@@ -54,14 +54,20 @@ def child(args) -> None:
   run, _, _ = train_step.jax_runner(args.model, {}, res, batch, True, 'float32', 'auto')
   run()
   run()
-  times, faults = [], []
+  times, cpu_times, faults = [], [], []
+  cpu = lambda u: u.ru_utime + u.ru_stime
   for _ in range(args.steps):
-    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    u0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     run()
     times.append(time.perf_counter() - t0)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    u1 = resource.getrusage(resource.RUSAGE_SELF)
+    faults.append(u1.ru_minflt - u0.ru_minflt)
+    cpu_times.append(cpu(u1) - cpu(u0))
+  # CPU seconds (all threads) per step: unlike wall time, barely moved by other processes on a
+  # shared machine, so settings can be compared there too.
   print(json.dumps({'ms': 1e3 * statistics.median(times), 'faults': statistics.median(faults),
+                    'cpu_ms': 1e3 * statistics.median(cpu_times),
                     'peak_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 
 
@@ -87,6 +93,7 @@ def main(argv=None):
            f'--model={args.model}', f'--shape={args.shape}', f'--steps={args.steps}']
     base = {k: v for k, v in os.environ.items()
             if k not in ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_CONF')}
+    base['SENET_NO_JEMALLOC'] = '1'  # `import senet_jax` must not swap the allocator under test
     for _ in range(args.rounds):
       for name, env in cases.items():
         out = subprocess.run(cmd, env={**base, **env}, capture_output=True, text=True)
@@ -98,7 +105,8 @@ def main(argv=None):
         f'{args.steps} steps:')
   for name, rows in results.items():
     med = lambda key: statistics.median(r[key] for r in rows)
-    print(f'  {name:32} {med("ms"):8.0f} ms/step {med("faults"):9.0f} faults/step '
+    print(f'  {name:32} {med("ms"):8.0f} ms/step {med("cpu_ms"):8.0f} CPU ms/step '
+          f'{med("faults"):9.0f} faults/step '
           f'{med("peak_gb"):6.2f} GB peak RSS')
 
 

@@ -30,3 +30,55 @@ def test_mimalloc_from_pip_without_jemalloc_keeps_freed_pages(monkeypatch):
   assert 'MALLOC_CONF' not in env and env['SENET_NO_JEMALLOC'] == '1'
   assert allocator.jemalloc_env(env) is None  # the re-executed process does not loop
   assert allocator.jemalloc_env({'SENET_NO_JEMALLOC': '1'}) is None
+
+
+def test_only_plain_scripts_are_restarted(tmp_path):
+  script = tmp_path / 'train_mine.py'
+  script.write_text('')
+  run = lambda argv, orig, modules=(): allocator.is_restartable_script(argv, orig, modules)
+  assert run([str(script), '--lr=1'], ['python3', str(script), '--lr=1'])
+  assert run([str(script)], ['python3', '-m', 'train_mine'])  # `python -m` (argv[0] = file)
+  assert not run(['-c'], ['python3', '-c', 'import senet_jax'])
+  assert not run([''], ['python3'])  # the REPL
+  assert not run([str(script)], ['python3', '-i', str(script)])
+  assert not run([str(script)], ['python3', str(script)], {'pytest': None})
+  assert not run([str(script)], ['python3', str(script)], {'ipykernel': None})
+  assert not run([str(tmp_path / 'missing.py')], ['python3', 'missing.py'])
+
+
+def _run_script(tmp_path, body, *args, env=None):
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  (tmp_path / 'mine').mkdir(exist_ok=True)
+  (tmp_path / 'mine' / '__init__.py').write_text('')
+  (tmp_path / 'mine' / 'script.py').write_text(body)
+  base = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'SENET_NO_JEMALLOC')}
+  base.update({'PYTHONPATH': repo, **(env or {})})
+  return subprocess.run([sys.executable, *args], cwd=tmp_path, env=base, capture_output=True,
+                        text=True, timeout=120, check=True).stdout
+
+
+BODY = '''import sys
+print('start', __name__, __package__ or '-', sys.argv[1:])
+import senet_jax, os
+print('preload', os.environ.get('LD_PRELOAD', ''))
+'''
+
+
+def test_import_restarts_a_script_once_under_the_fast_allocator(tmp_path):
+  import pytest
+  if allocator.jemalloc_env({}) is None:
+    pytest.skip('neither jemalloc nor mimalloc (requirements.txt) is installed')
+  out = _run_script(tmp_path, BODY, 'mine/script.py', '--flag=1').splitlines()
+  # The lines before the import ran twice (a restart), the rest once, under the allocator.
+  assert out[:2] == ["start __main__ - ['--flag=1']"] * 2 and len(out) == 3
+  assert 'malloc' in out[2]
+  out = _run_script(tmp_path, BODY, '-m', 'mine.script', 'x').splitlines()
+  assert out[1] == "start __main__ mine ['x']"  # `-m` kept: the package context survives
+  assert 'malloc' in out[2] and len(out) == 3
+  out = _run_script(tmp_path, BODY, 'mine/script.py', env={'SENET_NO_JEMALLOC': '1'})
+  assert out.splitlines() == ['start __main__ - []', 'preload ']
+  out = _run_script(tmp_path, BODY, '-c', BODY)
+  assert out.splitlines()[0] == 'start __main__ - []' and len(out.splitlines()) == 2
