@@ -17,7 +17,7 @@ from senet_jax.models import builder
 from senet_jax.training.checkpoint import CheckpointError, load_params
 from senet_jax.utils import quiet
 
-CLASS_NAMES_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'data',
+CLASS_NAMES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
                                 'imagenet_classes.txt')
 
 

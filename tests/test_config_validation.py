@@ -92,6 +92,39 @@ def test_every_default_field_has_a_validation_rule_and_bad_values_here():
   assert fields - set(BAD_VALUES) == set(), 'add bad values to BAD_VALUES in this test'
 
 
+def _names_read(path: str) -> set[str]:
+  """Attribute names (`config.x`) and literal keys (`config['x']`, `config.get('x')`) in a file."""
+  import ast
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Attribute):
+      names.add(node.attr)
+    elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+      names.add(node.slice.value)
+    elif (isinstance(node, ast.Call) and getattr(node.func, 'attr', '') == 'get' and node.args
+          and isinstance(node.args[0], ast.Constant)):
+      names.add(node.args[0].value)
+  return names
+
+
+def test_every_default_field_is_read_by_the_code():
+  # A documented field that nothing reads misleads (shuffle_buffer, cache_train were removed).
+  # config_fields.py, the rules table, checks every field without using it.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  rules = os.path.join(root, 'senet_jax', 'training', 'config_fields.py')
+  paths = [os.path.join(root, 'train.py')] + [
+      os.path.join(d, n) for d, _, files in os.walk(os.path.join(root, 'senet_jax'))
+      for n in files if n.endswith('.py') and os.path.join(d, n) != rules]
+  read = set().union(*(_names_read(p) for p in paths))
+  config = default.get_config()
+  fields = set(config.keys()) | {f'{group}.{key}' for group in ('progressive', 'distill')
+                                 for key in config[group].keys()}
+  unread = sorted(f for f in fields if f.split('.')[-1] not in read)
+  assert unread == [], f'fields nothing reads: {unread}'
+
+
 @pytest.mark.parametrize('field,value', [(f, v) for f, vs in BAD_VALUES.items() for v in vs],
                          ids=lambda x: repr(x)[:20])
 def test_bad_value_of_every_field_is_named(field, value):
