@@ -288,7 +288,7 @@ def test_sweep_runs_every_seed_and_prints_runnable_commands(tmp_path, monkeypatc
     _fake_run(workdir, 0.5, config.seed)
     return {'top1': 0.5}
   monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
-  monkeypatch.setattr(sweep, 'count_params', lambda config: 7)
+  monkeypatch.setattr(sweep, 'count_params', lambda *fields: 7)
   config, points, _, _ = sweep.load_sweep('configs/sweeps/se_gate.py:quick')
   ran = sweep.run(config, points[:2], str(tmp_path / 'w'), seeds=[0, 1])
   assert ran == [d for d, _ in trained_dirs] == [
