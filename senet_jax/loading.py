@@ -1,4 +1,5 @@
-"""Rebuild a model, its weights and its preprocessing from a checkpoint directory.
+"""Rebuild a model, its weights and its preprocessing from a checkpoint directory; read image
+files for it with limits. Shared by the tools (predict, cam, excitation, validate, export).
 
 Works for training workdirs (the checkpoint records the config) and converter outputs (the
 checkpoint records model, model_kwargs, num_classes and preprocessing).
