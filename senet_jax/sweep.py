@@ -166,9 +166,8 @@ def run(config, points, workdir: str, seeds: list[int] | None = None,
   return ran
 
 
-# ---- Summaries: per point the parameters, time, seeds, mean and spread of top-1 over
-# seeds, and whether the points differ by more than the seed-to-seed spread. ----------
-
+# ---- Summaries: per point the parameters, time, seeds, mean and spread of top-1 over seeds,
+# and whether the points differ by more than the seed-to-seed spread ------------------------
 
 def _read_json(path: str) -> dict | None:
   if not os.path.exists(path):
