@@ -40,8 +40,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.randaugment_magnitude = 10.0   # RandAugment M (float: progressive stages interpolate)
   config.mixup_alpha = 0.0              # > 0 enables mixup
   config.cutmix_alpha = 0.0             # > 0 enables cutmix
-  config.shuffle_buffer = 16_384
-  config.cache_train = False            # cache decoded training examples in memory (small sets)
 
   # ---- Optimisation ----------------------------------------------------------------------
   config.batch_size = 256               # global batch, all hosts and devices together

@@ -26,7 +26,7 @@ def main():
   args = p.parse_args()
   from PIL import Image
   from senet_jax import excitation as excitation_cli
-  from senet_jax.analysis import cam, loading
+  from senet_jax import cam, loading
   from senet_jax.data import pipeline
   excitation_cli.main([f'--checkpoint={args.checkpoint}', '--classes=0,1,2,3,4',
                        '--images_per_class=30',

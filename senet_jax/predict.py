@@ -7,17 +7,16 @@ when the head has 1000 classes.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from senet_jax.utils import quiet, xla_flags
+from senet_jax.utils import cli, quiet
 
 
 def predict(checkpoint: str, paths: list[str], top: int = 5) -> list[list[tuple[str, float]]]:
   """For each image, the `top` (class name, probability) pairs (ImageError for a bad file)."""
   results, errors = predict_each(checkpoint, paths, top)
   if errors:
-    from senet_jax.analysis.loading import ImageError
+    from senet_jax.loading import ImageError
     raise ImageError(errors[0])
   return [results[p] for p in paths]
 
@@ -27,7 +26,7 @@ def predict_each(checkpoint: str, paths: list[str], top: int = 5, max_pixels: in
   """({path: top pairs} for the usable images, one error line per file that is not)."""
   import jax
   import numpy as np
-  from senet_jax.analysis import loading
+  from senet_jax import loading
   loaded = loading.load(checkpoint)
   images, _, kept, errors = loading.preprocess_images(paths, loaded,
                                                       max_pixels or loading.MAX_PIXELS)
@@ -41,7 +40,8 @@ def predict_each(checkpoint: str, paths: list[str], top: int = 5, max_pixels: in
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  """The command line (see the module docstring); returns the exit status."""
+  p = cli.parser(__doc__)
   p.add_argument('--checkpoint', required=True)
   p.add_argument('--top', type=int, default=5)
   p.add_argument('--max_pixels', type=int, default=None,
@@ -49,20 +49,16 @@ def main(argv=None) -> int:
   p.add_argument('images', nargs='+')
   args = p.parse_args(argv)
   quiet.tensorflow_banners()
-  xla_flags.configure_xla_cpu()
-  from senet_jax.analysis.loading import CheckpointError
-  try:
-    results, errors = predict_each(args.checkpoint, args.images, args.top, args.max_pixels)
-  except CheckpointError as err:
-    print(f'error: {err}', file=sys.stderr)
-    return 2
+  return cli.run(_main, args)
+
+
+def _main(args) -> int:
+  results, errors = predict_each(args.checkpoint, args.images, args.top, args.max_pixels)
   for path, preds in results.items():
     print(path)
     for name, prob in preds:
       print(f'  {100 * prob:6.2f}%  {name}')
-  for error in errors:  # the other images were still predicted
-    print(f'error: {error}', file=sys.stderr)
-  return 1 if errors else 0
+  return cli.report_skipped(errors)  # the other images were still predicted
 
 
 if __name__ == '__main__':

@@ -6,9 +6,10 @@ r"""Print a model's layer table (module, output shape, parameters) at a resoluti
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import sys
+
+from senet_jax.utils import cli
 
 
 def parse_fields(items: list[str]) -> dict:
@@ -57,15 +58,14 @@ def _only_train_flag(line: str) -> bool:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  """The command line (see the module docstring); returns the exit status."""
+  p = cli.parser(__doc__)
   p.add_argument('model')
   p.add_argument('--resolution', type=int, default=0)
   p.add_argument('--depth', type=int, default=1, help='module nesting shown')
   p.add_argument('--field', action='append', default=[], help='model field=value')
-  args = p.parse_args(argv)
-  print(summary_table(args.model, args.resolution or None, args.depth,
-                      **parse_fields(args.field)))
-  return 0
+  return cli.run(lambda a: print(summary_table(a.model, a.resolution or None, a.depth,
+                                                **parse_fields(a.field))), p.parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -17,20 +17,25 @@ top-level modules.
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import glob
 import importlib
 import importlib.util
 import json
+import math
 import os
 import shlex
+import statistics
 import sys
 import time
 from typing import Any
 
-from senet_jax.analysis.sweep_stats import DONE_FILE
-from senet_jax.utils import paths
+from senet_jax.utils import cli, paths
+
 DEFAULT_TRAINER = 'train:train_and_evaluate'
+DONE_FILE = 'sweep_point_done.json'
+COLUMNS = ['point', 'finished', 'runs', 'seeds', 'params', 'step', 'top1', 'top1_std',
+           'top1_per_seed', 'top5', 'ema_top1', 'loss', 'seconds']
 
 
 def load_trainer(spec: str = DEFAULT_TRAINER):
@@ -110,13 +115,13 @@ def run_dir(workdir: str, name: str, seed: int | None) -> str:
   return point_dir if seed is None else os.path.join(point_dir, f'seed={seed}')
 
 
-def count_params(config) -> int:
-  """Parameters of the configured model (shapes only, nothing is computed)."""
+def count_params(model_name: str, num_classes: int, model_kwargs, image_size: int) -> int:
+  """Parameters of a registered model with these fields (shapes only, nothing is computed)."""
   import jax
   import numpy as np
   from senet_jax.models import create_model
-  model = create_model(config.model, num_classes=config.num_classes, **config.model_kwargs)
-  images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), np.float32)
+  model = create_model(model_name, num_classes=num_classes, **model_kwargs)
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
 
@@ -146,10 +151,11 @@ def run(config, points, workdir: str, seeds: list[int] | None = None,
     t0 = time.perf_counter()
     results = train_fn(point_config, directory)
     seconds.append(time.perf_counter() - t0)
+    params = count_params(point_config.model, point_config.num_classes,
+                          point_config.model_kwargs, point_config.image_size)
     with open(os.path.join(directory, DONE_FILE), 'w') as f:
       json.dump({'point': point, 'seed': point_config.seed, 'results': results,
-                 'seconds': seconds[-1], 'params': count_params(point_config)}, f, indent=1,
-                default=str)
+                 'seconds': seconds[-1], 'params': params}, f, indent=1, default=str)
     left = sum(1 for p, s in runs[i:]
                if not os.path.exists(os.path.join(run_dir(workdir, point_name(p), s), DONE_FILE)))
     eta = format_duration(left * sum(seconds) / len(seconds))
@@ -160,24 +166,113 @@ def run(config, points, workdir: str, seeds: list[int] | None = None,
   return ran
 
 
+# ---- Summaries: per point the parameters, time, seeds, mean and spread of top-1 over seeds,
+# and whether the points differ by more than the seed-to-seed spread ------------------------
+
+def _read_json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def collect_runs(point_dir: str) -> list[dict[str, Any]]:
+  """Every run of one point: the point directory itself, or its seed=<s> subdirectories."""
+  dirs = sorted(glob.glob(os.path.join(glob.escape(point_dir), 'seed=*')),
+                key=lambda d: int(d.rsplit('=', 1)[1]) if d.rsplit('=', 1)[1].isdigit() else 0)
+  runs = []
+  for directory in dirs or [point_dir]:
+    evals = _read_json(os.path.join(directory, 'eval_results.json'))
+    done = _read_json(os.path.join(directory, DONE_FILE)) or {}
+    runs.append({'latest': (evals or {}).get('latest', {}), 'finished': bool(done),
+                 'seed': done.get('seed'), 'seconds': done.get('seconds'),
+                 'params': done.get('params')})
+  return runs
+
+
+def _mean(values):
+  values = [v for v in values if v is not None]
+  return statistics.fmean(values) if values else None
+
+
+def point_row(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+  """One summary row: means over the point's runs, the spread (sample std) of top-1."""
+  latest = [r['latest'] for r in runs]
+  top1 = [x['top1'] for x in latest if x.get('top1') is not None]
+  return {
+      'point': name, 'finished': all(r['finished'] for r in runs), 'runs': len(runs),
+      'seeds': ' '.join(str(r['seed']) for r in runs if r['seed'] is not None),
+      'params': next((r['params'] for r in runs if r['params']), None),
+      'step': max((x['step'] for x in latest if 'step' in x), default=None),
+      'top1': _mean(top1), 'top1_std': statistics.stdev(top1) if len(top1) > 1 else None,
+      'top1_per_seed': ' '.join(f'{100 * v:.2f}' for v in top1),
+      'top5': _mean(x.get('top5') for x in latest),
+      'ema_top1': _mean(x.get('ema_top1') for x in latest),
+      'loss': _mean(x.get('loss') for x in latest),
+      'seconds': _mean(r['seconds'] for r in runs)}
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+  """Whether the points' mean top-1 differ by more than twice the seed-to-seed spread."""
+  done = [r for r in rows if r['top1'] is not None]
+  if len(done) < 2:
+    return 'Fewer than two points have results: nothing to compare.'
+  best = max(done, key=lambda r: r['top1'])
+  gap = 100 * (best['top1'] - min(r['top1'] for r in done))
+  stds = [r['top1_std'] for r in done if r['top1_std'] is not None]
+  if len(stds) < len(done):
+    return (f'Points span {gap:.2f} pp of top-1 with one run for some points, so the '
+            'seed-to-seed spread is unknown and differences of this size may be noise: rerun '
+            'with --seeds=0,1,2.')
+  spread = 100 * max(stds)
+  if gap <= 2 * spread:
+    return (f'All points are within the seed spread: their mean top-1 spans {gap:.2f} pp, '
+            f'less than twice the largest seed-to-seed std ({spread:.2f} pp). This sweep does '
+            'not separate them.')
+  tied = [r['point'] for r in done
+          if r is not best and 100 * (best['top1'] - r['top1']) <= 2 * spread]
+  return (f'Best: {best["point"]} ({100 * best["top1"]:.2f}%); points span {gap:.2f} pp, more '
+          f'than twice the largest seed-to-seed std ({spread:.2f} pp).' +
+          (f' Within that spread of the best: {", ".join(tied)}.' if tied else ''))
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+  """The summary table and the verdict as Markdown."""
+  def pct(v):
+    return '' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{100 * v:.2f}'
+
+  def plain(v):
+    return '' if v is None else (f'{v:,}' if isinstance(v, int) and not isinstance(v, bool)
+                                 else str(v))
+  lines = ['| point | params | seeds | top-1 (%) mean | std (pp) | top-1 per seed | top-5 (%) '
+           '| EMA top-1 (%) | time per run (s) | step | finished |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    seconds = '' if r['seconds'] is None else f'{r["seconds"]:.0f}'
+    lines.append(f'| {r["point"]} | {plain(r["params"])} | {r["seeds"] or "config"} | '
+                 f'{pct(r["top1"])} | {pct(r["top1_std"])} | {r["top1_per_seed"]} | '
+                 f'{pct(r["top5"])} | {pct(r["ema_top1"])} | {seconds} | {plain(r["step"])} | '
+                 f'{r["finished"]} |')
+  return '\n'.join(lines) + '\n\n' + verdict(rows) + '\n'
+
+
 def summarize(points, workdir: str) -> list[dict[str, Any]]:
   """Per point: params, time, seeds, mean / spread of the final metrics over its runs
   (missing ones marked), written as summary.md (with a verdict) and summary.csv."""
-  from senet_jax.analysis import sweep_stats
-  rows = [sweep_stats.point_row(point_name(p),
-                                sweep_stats.collect_runs(os.path.join(workdir, point_name(p))))
+  rows = [point_row(point_name(p), collect_runs(os.path.join(workdir, point_name(p))))
           for p in points]
   with open(os.path.join(workdir, 'summary.csv'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, sweep_stats.COLUMNS)
+    writer = csv.DictWriter(f, COLUMNS)
     writer.writeheader()
-    writer.writerows([{c: r.get(c) for c in sweep_stats.COLUMNS} for r in rows])
+    writer.writerows([{c: r.get(c) for c in COLUMNS} for r in rows])
   with open(os.path.join(workdir, 'summary.md'), 'w') as f:
-    f.write(sweep_stats.markdown(rows))
+    f.write(markdown(rows))
   return rows
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  """The command line (see the module docstring); returns the exit status."""
+  p = cli.parser(__doc__)
   p.add_argument('--config', required=True, help='sweep config file[:variant]')
   p.add_argument('--workdir', required=True)
   p.add_argument('--print_commands', action='store_true', help='print, do not run')
@@ -186,7 +281,10 @@ def main(argv=None) -> int:
                  help='comma-separated seeds, one run of every point each (default: one run '
                       "with the config's seed); the summary then gives the spread over seeds")
   p.add_argument('--trainer', default=DEFAULT_TRAINER, help='module:function training a point')
-  args = p.parse_args(argv)
+  return cli.run(_main, p.parse_args(argv))
+
+
+def _main(args) -> int:
   config, points, path, variant = load_sweep(args.config)
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()] or None
   if args.print_commands:

@@ -7,7 +7,8 @@ r"""`python -m senet_jax.validate`: evaluate weights and write a results CSV (ti
 
 `--checkpoint`: training workdirs or converter outputs (comma separated), each with its own
 preprocessing; or `--model=NAME` for randomly initialised weights (speed / size columns only).
-Exit status 2 for bad flags / datasets, 4 for a missing or unreadable checkpoint.
+Exit status 2 for bad flags / datasets, 4 for a missing or unreadable checkpoint (the tools'
+convention: senet_jax.utils.cli).
 `--evals`: 'main' (the checkpoint's own dataset and eval split) and shipped evaluators
 (senet_jax.evaluation.SHIPPED). One row per (weights, evaluator, resolution, crop) with timm's
 results-CSV columns (model, img_size, top1, top1_err, top5, top5_err, param_count [millions],
@@ -26,7 +27,7 @@ import csv
 import dataclasses
 import sys
 
-from senet_jax.utils import xla_flags
+from senet_jax.utils import cli
 
 COLUMNS = ('model', 'img_size', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count',
            'crop_pct', 'interpolation', 'weights', 'evaluator', 'dataset', 'split', 'flip_tta',
@@ -54,7 +55,7 @@ def load_weights(checkpoint: str = '', model_name: str = '', num_classes: int = 
   import jax.numpy as jnp
   from senet_jax.evaluation import Preprocessing
   if checkpoint:
-    from senet_jax.analysis import loading
+    from senet_jax import loading
     loaded = loading.load(checkpoint)
     name = loaded.config.get('model') or loading.read_meta(checkpoint).get('model', '')
     prep = Preprocessing(loaded.image_size, loaded.eval_crop_fraction, loaded.interpolation,
@@ -107,7 +108,7 @@ def rows_for(weights: Weights, spec, resolutions, crops, batch_size: int,
   import jax
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   from senet_jax import evaluation
-  from senet_jax.analysis import complexity
+  from senet_jax import complexity
   mesh = Mesh(jax.devices(), ('data',))
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   variables = jax.device_put(weights.variables, replicated)
@@ -156,7 +157,7 @@ def _floats(text: str) -> list[float]:
 
 def parse_args(argv=None) -> argparse.Namespace:
   """Command-line flags (see the module docstring)."""
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p = cli.parser(__doc__)
   p.add_argument('--checkpoint', default='', help='comma separated checkpoint directories')
   p.add_argument('--model', default='', help='registered model, random weights')
   p.add_argument('--num_classes', type=int, default=1000, help='with --model')
@@ -182,32 +183,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   """Evaluates every weights x evaluator x resolution x crop and writes the CSV."""
   args = parse_args(argv)
-  xla_flags.configure_xla_cpu()
   import jax
   if args.coordinator_address:  # several processes: same flags as main.py
     jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                num_processes=args.num_processes, process_id=args.process_id)
   elif args.distributed:
     jax.distributed.initialize()
-  from senet_jax.training.checkpoint import CheckpointError
-  sources = args.checkpoint.split(',') if args.checkpoint else [args.model]
+  return cli.run(_main, args)
+
+
+def evaluate(args: argparse.Namespace) -> list[dict]:
+  """The CSV rows of every source x evaluator x resolution x crop of the flags."""
+  resolutions, crops = _ints(args.resolutions), _floats(args.crops)
   rows = []
-  try:
-    resolutions, crops = _ints(args.resolutions), _floats(args.crops)
-    for source in sources:
-      weights = (load_weights(checkpoint=source) if args.checkpoint else
-                 load_weights(model_name=source, num_classes=args.num_classes,
-                              image_size=(resolutions or [0])[0]))
-      check_resolutions(weights, resolutions)
-      for spec in eval_specs(args.evals.split(','), weights, args.dataset, args.split,
-                             args.flip):
-        rows += rows_for(weights, spec, resolutions, crops, args.batch_size, args.data_dir)
-  except ValueError as err:  # bad flag values, unknown datasets / splits / evaluators
-    print(f'error: {err}', file=sys.stderr)
-    return 2
-  except CheckpointError as err:  # no or unreadable checkpoint
-    print(f'error: {err}', file=sys.stderr)
-    return 4
+  for source in (args.checkpoint.split(',') if args.checkpoint else [args.model]):
+    weights = (load_weights(checkpoint=source) if args.checkpoint else
+               load_weights(model_name=source, num_classes=args.num_classes,
+                            image_size=(resolutions or [0])[0]))
+    check_resolutions(weights, resolutions)
+    for spec in eval_specs(args.evals.split(','), weights, args.dataset, args.split, args.flip):
+      rows += rows_for(weights, spec, resolutions, crops, args.batch_size, args.data_dir)
+  return rows
+
+
+def _main(args: argparse.Namespace) -> int:
+  import jax
+  rows = evaluate(args)
   if jax.process_index() == 0:
     write_csv(args.output, rows)
     for row in rows:

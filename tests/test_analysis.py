@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_RESNET, init_variables
-from senet_jax.analysis import cam
+from senet_jax import cam
 from senet_jax.models import create_model
 
 
@@ -140,7 +140,7 @@ def test_excitation_cli_collects_blocks_and_plots(trained, tmp_path):
 
 
 def test_excitation_means_are_per_class_averages():
-  from senet_jax.analysis import excitation
+  from senet_jax import excitation
   model = create_model('se_resnet18', num_classes=3, **TINY_RESNET)
   variables = init_variables(model)
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
@@ -176,7 +176,7 @@ def test_predict_and_cam_cli_on_a_checkpoint(trained, tmp_path):
 
 def test_summary_table_and_class_names():
   from senet_jax import summary
-  from senet_jax.analysis import loading
+  from senet_jax import loading
   table = summary.summary_table('se_resnet18', 64)
   # 11,778,592: timm's legacy_seresnet18. BN channels 64 + 4x64 + (4+1)x128 + (4+1)x256 +
   # (4+1)x512 = 4,800, a mean and a variance each: 9,600 statistics.
@@ -288,7 +288,7 @@ def test_sweep_runs_every_seed_and_prints_runnable_commands(tmp_path, monkeypatc
     _fake_run(workdir, 0.5, config.seed)
     return {'top1': 0.5}
   monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
-  monkeypatch.setattr(sweep, 'count_params', lambda config: 7)
+  monkeypatch.setattr(sweep, 'count_params', lambda *fields: 7)
   config, points, _, _ = sweep.load_sweep('configs/sweeps/se_gate.py:quick')
   ran = sweep.run(config, points[:2], str(tmp_path / 'w'), seeds=[0, 1])
   assert ran == [d for d, _ in trained_dirs] == [
@@ -315,4 +315,6 @@ def test_sweep_counts_parameters_from_shapes():
   from senet_jax import sweep
   config, points, _, _ = sweep.load_sweep('configs/sweeps/se_reduction_ratio.py')
   config = sweep.apply_point(config, {'model_kwargs.se_reduction': 16.0})
-  assert sweep.count_params(config) == 28_088_024  # SE-ResNet-50 (timm legacy_seresnet50)
+  # SE-ResNet-50: 28,088,024 parameters (timm legacy_seresnet50)
+  assert sweep.count_params(config.model, config.num_classes, config.model_kwargs,
+                            config.image_size) == 28_088_024

@@ -32,7 +32,7 @@ def test_cost_accepts_both_jax_return_types():
 
 
 def test_step_cost_counts_three_forward_passes_for_training():
-  from senet_jax.analysis import complexity
+  from senet_jax import complexity
   from senet_jax.models import create_model
   import jax
   import jax.numpy as jnp

@@ -136,8 +136,9 @@ def test_eval_counts_every_example_exactly_once(digits_dir, process_count):
                          minlength=10)
   counts, steps = np.zeros(10), []
   for pid in range(process_count):
-    batches = list(pipeline.eval_iterator(config, source, process_index=pid,
-                                          process_count=process_count))
+    batches = list(pipeline.eval_iterator(
+        source, preprocess.Preprocessing.from_config(config), config.eval_batch_size,
+        config.num_classes, process_index=pid, process_count=process_count))
     steps.append(len(batches))
     for b in batches:
       counts += np.bincount(b['label'], weights=b['mask'], minlength=10)

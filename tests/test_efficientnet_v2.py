@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import params_without_gradient
-from senet_jax.analysis import complexity
+from senet_jax import complexity
 from senet_jax.models import collect_excitations, create_model, efficientnet_v2, model_info
 
 # Trainable parameters of timm `tf_efficientnetv2_*` (timm 1.0, pretrained=False) and of

@@ -89,7 +89,7 @@ def test_refusals_name_model_and_format(tiny, tmp_path, monkeypatch):
   with pytest.raises(serving.ExportError, match='calibration'):
     export(tiny, 'tflite_int8', str(tmp_path / 'm.tflite'))
   assert main(['--checkpoint', str(tmp_path / 'none'), '--format', 'stablehlo', '--output',
-               str(tmp_path / 'x')]) == 1
+               str(tmp_path / 'x')]) == 4
 
 
 @pytest.mark.slow

@@ -1,36 +1,82 @@
-"""The package installs from pyproject.toml and its tools run with no checkout around them."""
+"""The package installs from pyproject.toml and its tools run with no checkout around them.
+
+`pip install .` and `pip install -e .` go into fresh virtualenvs that see the running
+environment's packages through a .pth file (nothing is downloaded, and the running
+environment is never written to); everything then runs from an empty directory.
+"""
+import ast
 import os
+import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = ('convert', 'export', 'predict', 'summary', 'sweep', 'validate', 'complexity',
+         'excitation', 'cam')
+REPOSITORY_MODULES = ('train', 'main', 'configs')  # the checkout's top level, not the package
+
+
+def copy_of_checkout(destination) -> str:
+  """What `pip install` reads (a fresh clone's files), away from the working checkout."""
+  for name in ('pyproject.toml', 'README.md', 'requirements.txt'):
+    shutil.copy(os.path.join(ROOT, name), destination)
+  shutil.copytree(os.path.join(ROOT, 'senet_jax'), os.path.join(destination, 'senet_jax'),
+                  ignore=shutil.ignore_patterns('__pycache__', '*.pyc', '*.so'))
+  return str(destination)
+
+
+def fresh_venv(root) -> str:
+  """A new virtualenv whose interpreter also sees this environment's site-packages; its python."""
+  subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(root)], check=True)
+  python = os.path.join(root, 'bin', 'python')
+  site = subprocess.run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                        check=True, capture_output=True, text=True).stdout.strip()
+  with open(os.path.join(site, 'running_environment.pth'), 'w') as f:
+    # addsitedir (not a bare path): the running environment's own .pth files apply too.
+    f.write(f'import site; site.addsitedir({sysconfig.get_paths()["purelib"]!r})\n')
+  return python
+
+
+def run_outside(venv_python, cwd, args, timeout=600):
+  """Runs `args` in `cwd` with the virtualenv first on PATH and no PYTHONPATH."""
+  env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'VIRTUAL_ENV')}
+  env.update(PATH=os.path.dirname(venv_python) + os.pathsep + env.get('PATH', ''),
+             JAX_PLATFORMS='cpu')
+  return subprocess.run(args, cwd=str(cwd), env=env, capture_output=True, text=True,
+                        timeout=timeout)
 
 
 @pytest.fixture(scope='module')
-def installed(tmp_path_factory):
-  """`pip install --no-deps --target` of the checkout (dependencies: the running venv's)."""
-  target = tmp_path_factory.mktemp('site')
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
-                  '--no-build-isolation', '--target', str(target), ROOT],
-                 check=True, cwd=str(tmp_path_factory.mktemp('build')))
-  return target
+def installed(request, tmp_path_factory):
+  """(venv python, source copy, mode) after `pip install [-e] --no-deps --no-build-isolation`.
+
+  Parametrised by the tests (indirect): 'regular' (`pip install .`) or 'editable' (`-e`).
+  """
+  source = copy_of_checkout(tmp_path_factory.mktemp('clone'))
+  python = fresh_venv(tmp_path_factory.mktemp('venv'))
+  editable = ['-e'] if request.param == 'editable' else []
+  subprocess.run([python, '-m', 'pip', 'install', '-q', '--no-deps', '--no-build-isolation',
+                  *editable, source], check=True, cwd=str(tmp_path_factory.mktemp('build')))
+  return python, source, request.param
 
 
-def run_outside(installed, tmp_path, args):
-  """Runs `args` in an empty directory with only the installed copy importable."""
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  env.update(PYTHONPATH=str(installed), JAX_PLATFORMS='cpu')
-  return subprocess.run(args, cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                        timeout=600)
+def script(python: str, name: str) -> str:
+  return os.path.join(os.path.dirname(python), name)
 
 
+BOTH = pytest.mark.parametrize('installed', ['regular', 'editable'], indirect=True)
+
+
+@pytest.mark.parametrize('installed', ['regular'], indirect=True)
 def test_console_script_runs_from_a_directory_without_the_checkout(installed, tmp_path):
-  script = os.path.join(installed, 'bin', 'senet-complexity')
-  result = run_outside(installed, tmp_path, [sys.executable, script,
-                                             '--models=mobilenet_v1,se_mobilenet_v1',
-                                             '--resolution=32'])
+  python, _, _ = installed
+  result = run_outside(python, tmp_path, [script(python, 'senet-complexity'),
+                                          '--models=mobilenet_v1,se_mobilenet_v1',
+                                          '--resolution=32'])
   assert result.returncode == 0, result.stderr
   rows = {line.split('|')[1].strip(): float(line.split('|')[3])
           for line in result.stdout.splitlines() if 'mobilenet_v1 |' in line}
@@ -39,23 +85,41 @@ def test_console_script_runs_from_a_directory_without_the_checkout(installed, tm
 
 
 @pytest.mark.slow
+@BOTH
+def test_every_console_script_answers_help(installed, tmp_path):
+  python, _, _ = installed
+  for tool in TOOLS:
+    result = run_outside(python, tmp_path, [script(python, f'senet-{tool}'), '--help'])
+    assert result.returncode == 0, (tool, result.stderr[-2000:])
+    assert result.stdout.startswith('usage: senet-' + tool) and '--verbose' in result.stdout
+    # The same program as `python -m senet_jax.<tool>`: the module's docstring is the help.
+    assert f'senet_jax.{tool}' in result.stdout, tool
+
+
+@pytest.mark.slow
+@BOTH
 def test_every_module_imports_without_top_level_repository_modules(installed, tmp_path):
+  python, source, mode = installed
   code = '''
-import importlib, pkgutil, sys
+import importlib, os, pkgutil, sys
 import senet_jax
-assert senet_jax.__file__.startswith(sys.argv[1]), senet_jax.__file__
+where = os.path.dirname(senet_jax.__file__)
+assert where.startswith(sys.argv[1]), where
 for info in pkgutil.walk_packages(senet_jax.__path__, 'senet_jax.'):
   importlib.import_module(info.name)
 leaked = sorted(m for m in ('train', 'main', 'configs') if m in sys.modules)
 assert not leaked, leaked
 print('ok')
 '''
-  result = run_outside(installed, tmp_path, [sys.executable, '-c', code, str(installed)])
-  assert result.returncode == 0 and 'ok' in result.stdout, result.stderr
+  # A regular install runs from the virtualenv's site-packages, an editable one from its source.
+  expected = source if mode == 'editable' else os.path.dirname(os.path.dirname(python))
+  result = run_outside(python, tmp_path, [python, '-c', code, expected])
+  assert result.returncode == 0 and 'ok' in result.stdout, result.stderr[-3000:]
 
 
 TRAIN_SCRIPT = '''
-import jax, jax.numpy as jnp, optax
+import jax, jax.numpy as jnp, numpy as np, optax
+import senet_jax
 from senet_jax.models import create_model
 model = create_model('se_resnet18', num_classes=10, attn_layer='eca', stage_sizes=(1, 1, 1, 1),
                      stage_planes=(8, 16, 16, 16), stem_width=8)
@@ -63,6 +127,7 @@ images = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
 labels = jnp.arange(8) % 10
 variables = model.init(jax.random.key(1), images)
 params, stats = variables['params'], variables['batch_stats']
+first = params
 tx = optax.sgd(0.1, momentum=0.9)
 opt = tx.init(params)
 
@@ -81,12 +146,89 @@ for _ in range(5):
   params, stats, opt, loss = step(params, stats, opt)
   losses.append(float(loss))
 print(losses)
+assert all(np.isfinite(losses)), losses
 assert losses[-1] < losses[0], losses
+moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(params),
+                                                         jax.tree.leaves(first))]
+assert all(m > 0 for m in moved), moved  # every parameter was trained
+print(senet_jax.__file__)
 '''
 
 
 @pytest.mark.slow
+@BOTH
 def test_a_one_file_script_outside_the_checkout_trains(installed, tmp_path):
+  python, _, _ = installed
   (tmp_path / 'train_me.py').write_text(TRAIN_SCRIPT)
-  result = run_outside(installed, tmp_path, [sys.executable, 'train_me.py'])
+  result = run_outside(python, tmp_path, [python, 'train_me.py'])
   assert result.returncode == 0, result.stderr[-2000:]
+  assert not result.stdout.strip().splitlines()[-1].startswith(ROOT)  # not the checkout
+
+
+# ---- The package never imports the repository around it --------------------------------------
+
+def repository_imports(source: str) -> list[str]:
+  """Names of REPOSITORY_MODULES that `source` imports (statements or literal import_module)."""
+  found = []
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      names = [node.module]
+    elif (isinstance(node, ast.Call) and getattr(node.func, 'attr', getattr(node.func, 'id', ''))
+          in ('import_module', '__import__') and node.args
+          and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+      names = [node.args[0].value]
+    else:
+      continue
+    found += [n for n in names if n.split('.')[0] in REPOSITORY_MODULES]
+  return found
+
+
+def test_the_import_scan_finds_repository_imports():
+  source = ('import os\nfrom configs.sweeps import common\ndef f():\n  import train\n'
+            '  from main import x\nimportlib.import_module("configs.default")\n'
+            'from senet_jax import training, trainer\nimport mainframe\n')
+  assert sorted(repository_imports(source)) == ['configs.default', 'configs.sweeps', 'main',
+                                               'train']
+
+
+def test_the_package_never_imports_the_repository_modules():
+  offenders = {}
+  for directory, _, files in os.walk(os.path.join(ROOT, 'senet_jax')):
+    for name in files:
+      if name.endswith('.py'):
+        path = os.path.join(directory, name)
+        with open(path) as f:
+          found = repository_imports(f.read())
+        if found:
+          offenders[os.path.relpath(path, ROOT)] = found
+  assert not offenders, offenders
+
+
+# ---- README's layout section matches the tree --------------------------------------------------
+
+def layout_block() -> str:
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    text = f.read()
+  return re.search(r'^## Layout\n\n```\n(.*?)^```', text, flags=re.S | re.M).group(1)
+
+
+def test_every_path_the_readme_layout_names_exists():
+  named = [line.split()[0] for line in layout_block().splitlines()
+           if line and not line[0].isspace() and not line.startswith('#')]
+  assert len(named) > 15
+  missing = [path for path in named if not os.path.exists(os.path.join(ROOT, path))]
+  assert not missing, missing
+
+
+def test_the_readme_layout_names_every_part_of_the_package():
+  block = layout_block()
+  parts = [name + ('/' if os.path.isdir(os.path.join(ROOT, 'senet_jax', name)) else '')
+           for name in os.listdir(os.path.join(ROOT, 'senet_jax'))
+           if name not in ('__init__.py', '__pycache__')]
+  unnamed = [p for p in parts if f'senet_jax/{p}' not in block]
+  assert not unnamed, unnamed
+  for tool in TOOLS:  # and every tool has its console script
+    with open(os.path.join(ROOT, 'pyproject.toml')) as f:
+      assert f'senet-{tool} = "senet_jax.{tool}' in f.read(), tool

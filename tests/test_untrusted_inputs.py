@@ -9,7 +9,7 @@ from PIL import Image
 
 from senet_jax import cam as cam_cli
 from senet_jax import predict as predict_cli
-from senet_jax.analysis import loading
+from senet_jax import loading
 from senet_jax.convert.__main__ import main as convert_main
 
 
@@ -76,7 +76,7 @@ def test_cam_class_index_is_range_checked(monkeypatch, tmp_path, images):
 def test_analysis_cli_with_a_missing_checkpoint_is_one_line(tmp_path, images, capsys):
   code = predict_cli.main([f'--checkpoint={tmp_path}/nothing', images['good']])
   err = capsys.readouterr().err.strip().splitlines()
-  assert code == 2 and len(err) == 1 and err[0].startswith('error: no checkpoint found under')
+  assert code == 4 and len(err) == 1 and err[0].startswith('error: no checkpoint found under')
 
 
 @pytest.mark.parametrize('kind', ['garbage', 'empty', 'oversized_header', 'truncated'])
@@ -95,5 +95,5 @@ def test_converter_rejects_unreadable_safetensors_in_one_line(tmp_path, kind, ca
   code = convert_main(['--from', 'timm', '--model', 'legacy_seresnet50', '--input', str(path),
                        '--output', str(tmp_path / 'out')])
   err = capsys.readouterr().err.strip().splitlines()
-  assert code == 1 and len(err) == 1, err
+  assert code == 2 and len(err) == 1, err
   assert err[0].startswith(f'error: {path}: '), err

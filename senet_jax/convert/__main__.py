@@ -13,7 +13,6 @@ with torch.load(weights_only=True), which refuses to run code hidden in the file
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -21,6 +20,7 @@ import sys
 
 from senet_jax.convert import core
 from senet_jax.models import min_resolution
+from senet_jax.utils import cli
 
 PICKLE_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.pkl')
 
@@ -102,7 +102,8 @@ def config_flags(meta: dict) -> str:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  """The command line (see the module docstring); returns the exit status."""
+  p = cli.parser(__doc__)
   p.add_argument('--from', dest='source', required=True, choices=['timm', 'keras'])
   p.add_argument('--model', required=True, help='timm name (e.g. legacy_seresnet50) or Keras '
                                                'name (efficientnetb0)')
@@ -112,13 +113,12 @@ def main(argv=None) -> int:
   p.add_argument('--allow_pickle', action='store_true')
   p.add_argument('--keras_weights_none', action='store_true',
                  help='the Keras model was built with weights=None (no extra input rescaling)')
-  args = p.parse_args(argv)
-  try:
-    meta = convert(args.source, args.model, args.input, args.output, args.num_classes,
-                   args.allow_pickle, not args.keras_weights_none)
-  except core.ConversionError as err:
-    print(f'error: {err}', file=sys.stderr)
-    return 1
+  return cli.run(_main, p.parse_args(argv))
+
+
+def _main(args) -> int:
+  meta = convert(args.source, args.model, args.input, args.output, args.num_classes,
+                 args.allow_pickle, not args.keras_weights_none)
   print(f'wrote {args.output}/checkpoints/0 ({meta["model"]}, {meta["num_classes"]} classes)')
   print(f'evaluate with: python main.py --config=CONFIG --workdir=DIR --mode=eval '
         f'--config.init_from={args.output} {config_flags(meta)}')

@@ -269,16 +269,16 @@ def num_eval_steps(num_examples: int, local_batch: int, process_count: int) -> i
   return max(1, math.ceil(math.ceil(num_examples / process_count) / local_batch))
 
 
-def eval_iterator(config, source, *, process_index: int = 0, process_count: int = 1,
-                  device_count: int = 1, label_key: str = 'label'
-                  ) -> Iterator[dict[str, np.ndarray]]:
+def eval_iterator(source, prep: preprocess.Preprocessing, batch_size: int, num_classes: int, *,
+                  process_index: int = 0, process_count: int = 1, device_count: int = 1,
+                  label_key: str = 'label') -> Iterator[dict[str, np.ndarray]]:
   """Yields padded, masked local eval batches covering this process's shard exactly once.
 
+  `prep`: the eval transform; `batch_size`: the global eval batch (all processes together);
   `label_key`: the int feature 'label', or a sequence feature of classes (ImageNet-ReaL's
   'real_label'), delivered as a (batch, num_classes) multi-hot 'label'.
   """
-  local = check_batch_size(config.eval_batch_size, device_count, process_count,
-                           'eval_batch_size')
+  local = check_batch_size(batch_size, device_count, process_count, 'eval_batch_size')
   n = len(source)
   start, end = eval_shard(n, process_index, process_count)
   steps = num_eval_steps(n, local, process_count)
@@ -287,15 +287,14 @@ def eval_iterator(config, source, *, process_index: int = 0, process_count: int 
   valid = np.zeros(steps * local, np.float32)
   valid[:end - start] = 1.0
   ds = tf.data.Dataset.from_tensor_slices((np.arange(steps * local), indices)).batch(local)
-  ds = _read_dataset(ds, source, config.num_classes, label_key)
+  ds = _read_dataset(ds, source, num_classes, label_key)
   ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(valid)))
-  dtype = _tf_dtype(config.input_dtype)
+  dtype = _tf_dtype(prep.input_dtype)
 
   def fn(example, is_real):
     image = preprocess.decode_image(example['image'])
-    image = preprocess.eval_image(image, config.image_size, config.interpolation,
-                                  config.eval_crop_fraction)
-    image = preprocess.normalize(image, config.mean_rgb, config.std_rgb, dtype)
+    image = preprocess.eval_image(image, prep.image_size, prep.interpolation, prep.crop_fraction)
+    image = preprocess.normalize(image, prep.mean_rgb, prep.std_rgb, dtype)
     return {'image': image, 'label': example['label'], 'mask': example['mask'] * is_real}
 
   ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(local).prefetch(tf.data.AUTOTUNE)

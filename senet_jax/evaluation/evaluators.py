@@ -16,10 +16,10 @@ import time
 from typing import Callable, Iterable, Sequence
 
 import jax
-import ml_collections
 import numpy as np
 
 from senet_jax.data import pipeline
+from senet_jax.data.preprocess import Preprocessing  # noqa: F401 - exported here too
 from senet_jax.evaluation import metrics
 from senet_jax.training import steps
 from senet_jax.training.validate import ConfigError
@@ -52,23 +52,6 @@ SHIPPED = {
     'r': EvalSpec('r', 'imagenet_r', 'test', class_subset='imagenet_r'),
     'sketch': EvalSpec('sketch', 'imagenet_sketch', 'test'),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """The eval transform: center crop of `crop_fraction` (<= 0: official), resize, normalise."""
-  image_size: int
-  crop_fraction: float
-  interpolation: str
-  mean_rgb: tuple
-  std_rgb: tuple
-  input_dtype: str = 'float32'
-
-  @classmethod
-  def from_config(cls, config) -> 'Preprocessing':
-    """The training config's eval preprocessing."""
-    return cls(config.image_size, config.eval_crop_fraction, config.interpolation,
-               tuple(config.mean_rgb), tuple(config.std_rgb), config.input_dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -170,10 +153,7 @@ class Evaluator:
     self.prep = prep
     self.source = source if source is not None else pipeline.open_source(
         spec.dataset, spec.split, data_dir)
-    self.config = ml_collections.ConfigDict(dict(
-        image_size=prep.image_size, eval_crop_fraction=prep.crop_fraction,
-        interpolation=prep.interpolation, mean_rgb=prep.mean_rgb, std_rgb=prep.std_rgb,
-        input_dtype=prep.input_dtype, num_classes=num_classes, eval_batch_size=batch_size))
+    self.num_classes, self.batch_size = num_classes, batch_size
     subset = class_subset_indices(spec.class_subset) if spec.class_subset else None
 
     def outputs_fn(logits, batch):
@@ -186,9 +166,9 @@ class Evaluator:
   def batches(self, process_index: int = 0, process_count: int = 1,
               device_count: int = 1) -> Iterable[dict[str, np.ndarray]]:
     """This process's padded, masked local batches."""
-    return pipeline.eval_iterator(self.config, self.source, process_index=process_index,
-                                  process_count=process_count, device_count=device_count,
-                                  label_key=self.spec.label_key)
+    return pipeline.eval_iterator(self.source, self.prep, self.batch_size, self.num_classes,
+                                  process_index=process_index, process_count=process_count,
+                                  device_count=device_count, label_key=self.spec.label_key)
 
   def totals(self, weights: Weights, to_global: Callable = lambda b: b,
              process_index: int = 0, process_count: int = 1, device_count: int = 1,

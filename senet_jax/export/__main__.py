@@ -12,7 +12,6 @@ preprocessing. The written artifact is then run in its own runtime against the J
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import tempfile
 import numpy as np
 
 from senet_jax.export import serving
-from senet_jax.training.checkpoint import CheckpointError
+from senet_jax.utils import cli
 
 FLOAT_TOLERANCE = 1e-4  # max |diff| <= 1e-4 * max |logit|
 
@@ -105,7 +104,8 @@ def verify(servable, fmt: str, path: str, images: np.ndarray) -> dict:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  """The command line (see the module docstring); returns the exit status."""
+  p = cli.parser(__doc__)
   p.add_argument('--checkpoint', required=True, help='training workdir or converter output')
   p.add_argument('--format', required=True, choices=serving.FORMATS)
   p.add_argument('--output', required=True, help='file (directory for savedmodel)')
@@ -113,25 +113,22 @@ def main(argv=None) -> int:
   p.add_argument('--calibration_split', default='train')
   p.add_argument('--calibration_images', type=int, default=200)
   p.add_argument('--data_dir', default=None)
-  args = p.parse_args(argv)
-  from senet_jax.utils import xla_flags
-  xla_flags.configure_xla_cpu()
-  try:
-    servable = serving.load(args.checkpoint)
-    serving.check_supported(servable, args.format)
-    calibration = None
-    if args.format == 'tflite_int8':
-      dataset = args.calibration_dataset or servable.config.get('dataset')
-      if not dataset:
-        raise serving.ExportError('--format=tflite_int8: give --calibration_dataset (the '
-                                  'checkpoint does not record its dataset)')
-      data_dir = args.data_dir or servable.config.get('data_dir') or None
-      calibration = calibration_images(dataset, args.calibration_split, data_dir,
-                                       args.calibration_images, servable.preprocessing)
-    export(servable, args.format, args.output, calibration)
-  except (serving.ExportError, CheckpointError, OSError, ValueError) as err:
-    print(f'error: {err}', file=sys.stderr)
-    return 1
+  return cli.run(_main, p.parse_args(argv))
+
+
+def _main(args) -> int:
+  servable = serving.load(args.checkpoint)
+  serving.check_supported(servable, args.format)
+  calibration = None
+  if args.format == 'tflite_int8':
+    dataset = args.calibration_dataset or servable.config.get('dataset')
+    if not dataset:
+      raise serving.ExportError('--format=tflite_int8: give --calibration_dataset (the '
+                                'checkpoint does not record its dataset)')
+    data_dir = args.data_dir or servable.config.get('data_dir') or None
+    calibration = calibration_images(dataset, args.calibration_split, data_dir,
+                                     args.calibration_images, servable.preprocessing)
+  export(servable, args.format, args.output, calibration)
   probe = np.random.RandomState(0).randint(
       0, 256, (2, servable.image_size, servable.image_size, 3)).astype(np.uint8)
   try:

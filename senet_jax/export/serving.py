@@ -46,7 +46,7 @@ def load(checkpoint: str) -> Servable:
   The C++ convolution kernels (`conv_impl`) are custom calls no other runtime has, so the
   exported graph always uses `conv_impl='xla'` (same values).
   """
-  from senet_jax.analysis import loading
+  from senet_jax import loading
   loaded = loading.load(checkpoint)
   model = loaded.model
   if 'conv_impl' in {f.name for f in dataclasses.fields(model)}:

@@ -25,6 +25,9 @@ HARMLESS = frozenset({
     # Elastic resume: the mesh and remat change the summation order / memory, not the run.
     'mesh_data', 'mesh_fsdp', 'remat', 'remat_policy',
 })
+# Fields removed from configs/default.py that never had an effect (nothing read them): a
+# checkpoint whose saved config still lists them resumes without a "config changed" error.
+REMOVED = frozenset({'shuffle_buffer', 'cache_train'})
 
 
 class ConfigChangedError(ConfigError):
@@ -57,7 +60,7 @@ def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
 
 def is_harmless(field: str) -> bool:
   """True for fields that leave the training trajectory unchanged."""
-  return field.split('.')[0] in HARMLESS
+  return field.split('.')[0] in HARMLESS | REMOVED
 
 
 def check_resume_config(saved_json: str | None, config, workdir: str, step: int,

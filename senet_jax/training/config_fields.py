@@ -176,8 +176,6 @@ FIELDS: dict[str, Checker] = {
     'randaugment_magnitude': number(0, 30),
     'mixup_alpha': NON_NEG,
     'cutmix_alpha': NON_NEG,
-    'shuffle_buffer': POSITIVE_INT,
-    'cache_train': boolean,
     'batch_size': POSITIVE_INT,
     'eval_batch_size': POSITIVE_INT,
     'grad_accum_steps': POSITIVE_INT,

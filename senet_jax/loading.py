@@ -1,4 +1,5 @@
-"""Rebuild a model, its weights and its preprocessing from a checkpoint directory.
+"""Rebuild a model, its weights and its preprocessing from a checkpoint directory; read image
+files for it with limits. Shared by the tools (predict, cam, excitation, validate, export).
 
 Works for training workdirs (the checkpoint records the config) and converter outputs (the
 checkpoint records model, model_kwargs, num_classes and preprocessing).
@@ -17,7 +18,7 @@ from senet_jax.models import builder
 from senet_jax.training.checkpoint import CheckpointError, load_params
 from senet_jax.utils import quiet
 
-CLASS_NAMES_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'data',
+CLASS_NAMES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
                                 'imagenet_classes.txt')
 
 

@@ -1,0 +1,84 @@
+"""The command-line convention of every tool (`python -m senet_jax.<tool>` = `senet-<tool>`).
+
+`main.py` keeps absl (ml_collections' `--config.field=value` overrides need it); the tools
+(predict, summary, sweep, excitation, cam, complexity, validate, convert, export) all use this:
+
+- `parser(__doc__)`: argparse, the module docstring as `--help`, and `--verbose` (alias
+  `--debug`) to add the traceback to an error;
+- a mistake in the arguments (unknown flag, a value of the wrong type, a missing required flag)
+  is one line `error: ... (see --help)` on stderr and exit status 2 (not argparse's usage block);
+- `run(body, args)` calls `body(args)`; an expected failure becomes one `error: <message>` line
+  and the exit status below. Anything else is a bug and propagates with its traceback (exit 1).
+
+Exit statuses (the same numbers as main.py's where they overlap):
+  0  done
+  1  unexpected error (a bug: please report it with the traceback)
+  2  bad arguments or input: a flag value, a file that is missing, unreadable or not what was
+     expected (an image, a weights file, a config), an unknown model or dataset. Tools that take
+     several files still process the others, name each bad one, then exit 2
+  4  missing or unusable checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Callable
+
+DONE, UNEXPECTED, BAD_INPUT, BAD_CHECKPOINT = 0, 1, 2, 4
+
+
+class UsageError(ValueError):
+  """A bad argument value or input noticed after parsing (exit 2); the message names it."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose errors are one `error:` line and exit status 2."""
+
+  def error(self, message: str):
+    self.exit(BAD_INPUT, f'error: {message} (see --help)\n')
+
+
+def parser(doc: str | None, **kwargs) -> ArgumentParser:
+  """A tool's parser: `doc` (the module docstring) as help, plus `--verbose` / `--debug`."""
+  p = ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter, **kwargs)
+  p.add_argument('--verbose', '--debug', action='store_true',
+                 help='print the traceback of an error, not only its one-line message')
+  return p
+
+
+def exit_code(err: BaseException) -> int | None:
+  """The exit status of an expected error, None for an unexpected one (a bug)."""
+  if isinstance(err, (ValueError, OSError)):  # config / input mistakes, unreadable files
+    return BAD_INPUT  # (before CheckpointError: a checkpoint of another model is a ValueError)
+  # Only code that imported the checkpoint module can raise its errors: no import needed here.
+  checkpoint = sys.modules.get('senet_jax.training.checkpoint')
+  if checkpoint is not None and isinstance(err, checkpoint.CheckpointError):
+    return BAD_CHECKPOINT
+  return None
+
+
+def fail(err: BaseException, code: int, verbose: bool = False) -> int:
+  """Prints `error: <err>` (after its traceback with --verbose); returns `code`."""
+  if verbose:
+    traceback.print_exception(err)
+  print(f'error: {err}', file=sys.stderr)
+  return code
+
+
+def run(body: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+  """`body(args)` (None counts as 0), with expected errors as one line and their exit code."""
+  try:
+    return body(args) or DONE
+  except Exception as err:  # noqa: BLE001 - re-raised below unless it is an expected error
+    code = exit_code(err)
+    if code is None:
+      raise
+    return fail(err, code, getattr(args, 'verbose', False))
+
+
+def report_skipped(errors: list[str]) -> int:
+  """One `error:` line per input that was skipped; the exit status of the whole run."""
+  for error in errors:
+    print(f'error: {error}', file=sys.stderr)
+  return BAD_INPUT if errors else DONE

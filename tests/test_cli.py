@@ -1,0 +1,93 @@
+"""The tools' one command-line convention (senet_jax/utils/cli.py): `error:` lines, exit codes."""
+import importlib
+
+import pytest
+
+from senet_jax.utils import cli
+
+# Every tool, as `python -m` runs it (convert and export are packages with __main__).
+TOOL_MODULES = {'predict': 'senet_jax.predict', 'summary': 'senet_jax.summary',
+                'sweep': 'senet_jax.sweep', 'validate': 'senet_jax.validate',
+                'complexity': 'senet_jax.complexity', 'excitation': 'senet_jax.excitation',
+                'cam': 'senet_jax.cam', 'convert': 'senet_jax.convert.__main__',
+                'export': 'senet_jax.export.__main__'}
+
+
+@pytest.mark.parametrize('tool', sorted(TOOL_MODULES))
+def test_every_tool_reports_a_bad_flag_in_one_line_with_exit_2(tool, capsys):
+  main = importlib.import_module(TOOL_MODULES[tool]).main
+  with pytest.raises(SystemExit) as exit_:
+    main(['--no_such_flag=1'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert exit_.value.code == 2
+  # (tools with required flags name those first, as argparse checks them first)
+  assert len(err) == 1 and err[0].startswith('error: ') and err[0].endswith('(see --help)'), err
+
+
+@pytest.mark.parametrize('tool', sorted(TOOL_MODULES))
+def test_every_tool_has_verbose_and_its_docstring_as_help(tool, capsys):
+  module = importlib.import_module(TOOL_MODULES[tool])
+  with pytest.raises(SystemExit) as exit_:
+    module.main(['--help'])
+  out = capsys.readouterr().out
+  assert exit_.value.code == 0
+  assert '--verbose, --debug' in out
+  assert module.__doc__.strip().splitlines()[0].strip() in out
+
+
+def test_unknown_flag_wrong_type_and_missing_required_flag_are_one_line(capsys):
+  from senet_jax import complexity, predict
+  with pytest.raises(SystemExit) as exit_:
+    complexity.main(['--modles=resnet50'])
+  assert capsys.readouterr().err == (
+      'error: unrecognized arguments: --modles=resnet50 (see --help)\n')
+  assert exit_.value.code == 2
+  for argv, expected in ((['--checkpoint=x', '--top=five', 'a.png'], "--top: invalid int value"),
+                         (['a.png'], 'the following arguments are required: --checkpoint')):
+    with pytest.raises(SystemExit) as exit_:
+      predict.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and expected in err[0], err
+
+
+def _parsed(*argv):
+  p = cli.parser('doc')
+  return p.parse_args(list(argv))
+
+
+def test_expected_errors_become_one_line_and_their_exit_code(capsys):
+  from senet_jax.training.checkpoint import CheckpointError, CheckpointMismatchError
+
+  def raising(err):
+    def body(args):
+      raise err
+    return body
+  cases = [(ValueError('--x=3: expected 0..2'), 2), (FileNotFoundError('a.png: missing'), 2),
+           (cli.UsageError('bad value'), 2), (CheckpointError('no checkpoint found under d'), 4),
+           # another model's checkpoint is a config mistake, as in main.py
+           (CheckpointMismatchError('saved se_resnet50, configured resnet50'), 2)]
+  for err, code in cases:
+    assert cli.run(raising(err), _parsed()) == code
+    assert capsys.readouterr().err == f'error: {err}\n'
+  assert cli.run(lambda args: None, _parsed()) == 0
+  assert cli.run(lambda args: 0, _parsed()) == 0
+
+
+def test_verbose_adds_the_traceback_and_bugs_are_not_hidden(capsys):
+  def body(args):
+    raise ValueError('bad --x')
+  assert cli.run(body, _parsed('--verbose')) == 2
+  err = capsys.readouterr().err
+  assert 'Traceback (most recent call last)' in err and err.endswith('error: bad --x\n')
+
+  def buggy(args):
+    raise KeyError('oops')  # not an expected error: propagates (Python exits 1, traceback)
+  with pytest.raises(KeyError):
+    cli.run(buggy, _parsed())
+
+
+def test_skipped_inputs_are_named_and_exit_2(capsys):
+  assert cli.report_skipped([]) == 0
+  assert cli.report_skipped(['a.png: not an image', 'b.jpg: cannot read it']) == 2
+  assert capsys.readouterr().err.splitlines() == ['error: a.png: not an image',
+                                                  'error: b.jpg: cannot read it']
