@@ -45,7 +45,9 @@ def test_avg_pool_ceil_matches_torch(size):
 
 # (timm name, timm layer overrides, size): the tiered stem at an odd map size (72 px: the
 # shortcuts pool 9x9 and 5x5 maps, partial windows), the deep stem with one block per stage.
-PARITY = [('ecaresnet26t', {}, 72), ('ecaresnet50d', {'layers': [1, 1, 1, 1]}, 64)]
+# The second repeats the first's code paths but the stem width (slow suite).
+PARITY = [('ecaresnet26t', {}, 72),
+          pytest.param('ecaresnet50d', {'layers': [1, 1, 1, 1]}, 64, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize('name,timm_kwargs,size', PARITY)
