@@ -32,3 +32,14 @@ def test_the_formulation_is_logged_once(caplog):
       builder.build_model('mobilenet_v1', num_classes=7, conv_impl='split')
   lines = [r.getMessage() for r in caplog.records if 'conv_impl=split' in r.getMessage()]
   assert len(lines) == 1 and 'mobilenet_v1' in lines[0]
+
+
+def test_the_log_line_names_the_policy_the_model_got(caplog):
+  from senet_jax.ops import ConvPolicy
+  policy = ConvPolicy('cpu', 'ynn', kernels=False)
+  with caplog.at_level(logging.INFO):
+    model = builder.build_model('shufflenet_v1_g3', num_classes=5, conv_policy=policy)
+  assert model.conv_policy == policy
+  lines = [r.getMessage() for r in caplog.records if 'shufflenet_v1_g3' in r.getMessage()]
+  assert lines == ['model shufflenet_v1_g3: conv_impl=auto on cpu, ynn convolutions, C++ kernels '
+                   'off, 1 device(s)']

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from senet_jax.ops import conv_impls
+from senet_jax.ops.policy import ConvPolicy
 
 CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, size)
     ('shift', 8, 8, 8, 3, 1, 'SAME', 9),
@@ -54,41 +55,42 @@ def test_forward_and_gradients_match_xla(impl, cin, cout, groups, k, stride, pad
     np.testing.assert_allclose(g_alt, g_ref, rtol=1e-4, atol=1e-3)
 
 
+def resolve(impl, groups, cin, *, backend='cpu', engine='eigen', k=3, size=1 << 15, cout=None):
+  """The formulation `ConvPolicy.choose` picks for a k x k conv on size x size inputs."""
+  policy = ConvPolicy(backend=backend, engine=engine)
+  return policy.choose(impl, (k, k, cin // groups, cout or cin), groups, (size, size))
+
+
 def test_auto_resolves_per_backend():
-  resolve = conv_impls.resolve_impl
   for engine in ('eigen', 'ynn'):
-    assert resolve('auto', 32, 32, backend='cpu', engine=engine) == 'shift'
-    assert resolve('auto', 32, 128, backend='cpu', engine=engine) == 'direct'  # 4 per group
-    assert resolve('auto', 32, 256, backend='cpu', engine=engine) == 'direct'  # 8 per group
-    assert resolve('auto', 32, 512, backend='cpu', engine=engine) == 'direct'  # 16 per group
-    assert resolve('auto', 4, 48, backend='cpu', engine=engine) == 'split'     # 12 per group
-    assert resolve('auto', 1, 128, backend='cpu', kernel_size=1, engine=engine) == 'matmul'
+    assert resolve('auto', 32, 32, engine=engine) == 'shift'
+    assert resolve('auto', 32, 128, engine=engine) == 'direct'  # 4 per group
+    assert resolve('auto', 32, 256, engine=engine) == 'direct'  # 8 per group
+    assert resolve('auto', 32, 512, engine=engine) == 'direct'  # 16 per group
+    assert resolve('auto', 4, 48, engine=engine) == 'split'     # 12 per group
+    assert resolve('auto', 1, 128, k=1, engine=engine) == 'matmul'
     # maps no larger than the kernel leave both engines' fast path
-    assert resolve('auto', 1, 128, backend='cpu', kernel_size=9, spatial=4,
-                   engine=engine) == 'im2col'
+    assert resolve('auto', 1, 128, k=3, size=2, engine=engine) == 'im2col'
   assert resolve('auto', 32, 128, backend='gpu') == 'xla'
   assert resolve('auto', 1, 64, backend='gpu') == 'xla'
-  assert resolve('auto', 1, 128, backend='gpu', kernel_size=1) == 'xla'
+  assert resolve('auto', 1, 128, backend='gpu', k=1) == 'xla'
 
 
 def test_auto_dense_kxk_on_eigen_is_xla():
-  for cin, k, spatial in ((3, 49, 224 ** 2), (3, 9, 224 ** 2), (64, 9, 56 ** 2),
-                          (512, 9, 49), (128, 9, 64)):
-    assert conv_impls.resolve_impl('auto', 1, cin, backend='cpu', kernel_size=k,
-                                   spatial=spatial, engine='eigen') == 'xla'
+  for cin, k, size in ((3, 7, 224), (3, 3, 224), (64, 3, 56), (512, 3, 7), (128, 3, 8)):
+    assert resolve('auto', 1, cin, k=k, size=size, engine='eigen') == 'xla'
 
 
 def test_auto_dense_kxk_on_ynnpack_uses_im2col_weight_gradients():
-  resolve = lambda cin, **kw: conv_impls.resolve_impl('auto', 1, cin, backend='cpu',
-                                                       engine='ynn', **kw)
-  assert resolve(256, spatial=14 * 14) == 'xla'
-  assert resolve(128, spatial=8 * 8) == 'xla'
-  assert resolve(128, spatial=28 * 28) == 'im2col_grad'
-  assert resolve(64) == 'im2col_grad'  # <= 64 input channels
-  assert resolve(512, spatial=49) == 'im2col_grad'
-  assert resolve(3) == 'im2col'  # 3x3 stems
-  assert resolve(3, kernel_size=49) == 'im2col_grad'  # 7x7 stems
-  assert resolve(128, kernel_size=9, spatial=64) == 'xla'
+  ynn = lambda cin, **kw: resolve('auto', 1, cin, engine='ynn', **kw)
+  assert ynn(256, size=14) == 'xla'
+  assert ynn(128, size=8) == 'xla'
+  assert ynn(128, size=28) == 'im2col_grad'
+  assert ynn(64) == 'im2col_grad'  # <= 64 input channels
+  assert ynn(512, size=7) == 'im2col_grad'
+  assert ynn(3) == 'im2col'  # 3x3 stems
+  assert ynn(3, k=7) == 'im2col_grad'  # 7x7 stems
+  assert ynn(128, k=3, size=8) == 'xla'
 
 
 def test_split_factor_merges_groups_to_about_16_channels():
@@ -101,9 +103,9 @@ def test_split_factor_merges_groups_to_about_16_channels():
 
 def test_shift_rejects_non_depthwise_and_unknown_impl():
   with pytest.raises(ValueError, match='depthwise'):
-    conv_impls.resolve_impl('shift', 4, 16)
+    resolve('shift', 4, 16)
   with pytest.raises(ValueError, match='conv_impl'):
-    conv_impls.resolve_impl('winograd', 4, 16)
+    resolve('winograd', 4, 16)
 
 
 def test_channel_matmul_gradients_in_bfloat16_keep_dtype_and_match_float32():

@@ -36,6 +36,8 @@ MODELS: dict[str, tuple[str, dict]] = {
     'tf_mobilenetv3_small_100': ('mobilenetv3_small_100', {}),
     'mobilenetv1_100': ('mobilenet_v1', {'act': 'relu6'}),
     'inception_resnet_v2': ('inception_resnet_v2', {}),
+    **{n: (n, {}) for n in ('ecaresnet26t', 'ecaresnet50d', 'ecaresnet50t', 'ecaresnet101d',
+                            'ecaresnetlight')},
 }
 
 # timm's default pretrained tag of each name: (resolution, crop_pct, interpolation, mean/std).
@@ -63,6 +65,9 @@ _PREPROCESSING = {
     'inception_resnet_v2': (299, 0.8975, 'bicubic', _HALF),
     'efficientnet_b0': (224, 0.875, 'bicubic'), 'efficientnet_b1': (240, 0.9, 'bicubic', _HALF),
     'efficientnet_b2': (256, 0.875, 'bicubic'), 'efficientnet_b3': (288, 0.875, 'bicubic'),
+    'ecaresnet26t': (256, 0.875, 'bicubic'), 'ecaresnet50t': (256, 0.875, 'bicubic'),
+    'ecaresnet50d': (224, 0.875, 'bicubic'), 'ecaresnet101d': (224, 0.875, 'bicubic'),
+    'ecaresnetlight': (224, 0.875, 'bicubic'),
 }
 
 
@@ -109,12 +114,23 @@ _EFF_TOP = {'conv_stem': 'conv_stem', 'bn1': 'bn_stem', 'conv_head': 'conv_head'
             'bn2': 'bn_head', 'classifier': 'classifier'}
 
 
+# timm's ResNet-D / -T deep stem: Sequential(conv, bn, act, conv, bn, act, conv) + `bn1`.
+_TIMM_DEEP_STEM = {'conv1.0': 'stem_conv1', 'conv1.1': 'stem_bn1', 'conv1.3': 'stem_conv2',
+                   'conv1.4': 'stem_bn2', 'conv1.6': 'stem_conv3', 'bn1': 'stem_bn3'}
+
+
 def _resnet_module(module: str, state_dict: dict) -> str | None:
-  """ResNet / SE-ResNet(X) / SENet-154; a deep stem (layer0.conv1-3) maps to stem_conv1-3."""
+  """ResNet / SE-ResNet(X) / SENet-154 / ResNet-D; a deep stem (layer0.conv1-3, or timm's
+  conv1.0-6 + bn1) maps to stem_conv1-3; an avg_down shortcut (pool, conv, bn) to the
+  downsample conv and BN."""
   match = re.fullmatch(r'layer([1-4])\.(\d+)\.(.+)', module)
   if match:
     stage, block, rest = match.groups()
+    if f'layer{stage}.{block}.downsample.2.weight' in state_dict:  # avg_down: 0 is the pool
+      rest = {'downsample.1': 'downsample.0', 'downsample.2': 'downsample.1'}.get(rest, rest)
     return f'layer{stage}_{block}/{_block_part(rest)}'
+  if 'conv1.0.weight' in state_dict:
+    return _TIMM_DEEP_STEM.get(module) or {'fc': 'fc'}.get(module)
   match = re.fullmatch(r'(?:layer0\.)?(conv|bn)([123])', module)
   if match:
     kind, i = match.groups()

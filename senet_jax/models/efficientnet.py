@@ -2,6 +2,9 @@
 
 The architecture is data: B0's block strings (official notation) are decoded once into
 `BlockArgs`, then scaled by width/depth coefficients with the official rounding rules.
+`EfficientNetBase` builds any such table (stem, MBConv / Fused-MBConv stages, head); V1
+(`EfficientNet`, here) and V2 (`efficientnet_v2.EfficientNetV2`) are subclasses that change
+field defaults, the channel rounding and the rule for blocks without an SE ratio.
 Defaults reproduce the original TensorFlow model (TF 'SAME' padding, BN eps 1e-3 / momentum
 0.99, official initialisers); `TIMM_FLAVOUR` gives timm's `efficientnet_*` (symmetric padding,
 PyTorch BN defaults), which has the same parameters.
@@ -21,11 +24,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from senet_jax.models import base
 from senet_jax.models import layers
-from senet_jax.ops import conv_impls
 from senet_jax.models import squeeze_excite as se_lib
 from senet_jax.models.attention.config import AttentionFields
 from senet_jax.models.registry import register
+from senet_jax.ops import conv_impls
+from senet_jax.ops.policy import ConvPolicy
 
 B0_BLOCKS = (
     'r1_k3_s11_e1_i32_o16_se0.25', 'r2_k3_s22_e6_i16_o24_se0.25',
@@ -50,7 +55,10 @@ TIMM_FLAVOUR = dict(padding='symmetric', bn_momentum=0.9, bn_epsilon=1e-5)
 
 @dataclasses.dataclass(frozen=True)
 class BlockArgs:
-  """One stage of MBConv blocks, decoded from a block string like 'r2_k3_s22_e6_i16_o24_se0.25'."""
+  """One stage of blocks, decoded from a block string like 'r2_k3_s22_e6_i16_o24_se0.25'.
+
+  `fused` ('c1', EfficientNetV2's notation): Fused-MBConv blocks instead of MBConv.
+  """
   repeats: int
   kernel_size: int
   stride: int
@@ -58,10 +66,12 @@ class BlockArgs:
   in_channels: int
   out_channels: int
   se_ratio: float | None
+  fused: bool = False
 
 
 def decode_block_string(block_string: str) -> BlockArgs:
-  """Parses the official/timm block notation (r repeats, k kernel, s stride, e, i, o, se)."""
+  """Parses the official/timm block notation (r repeats, k kernel, s stride, e, i, o, se, and
+  V2's conv type c0 / c1)."""
   opts = {}
   for op in block_string.split('_'):
     match = re.fullmatch(r'([a-z]+)([\d.]+)', op)
@@ -74,8 +84,11 @@ def decode_block_string(block_string: str) -> BlockArgs:
   strides = opts['s']
   if len(strides) == 2 and strides[0] != strides[1]:
     raise ValueError(f'bad block string {block_string!r}: only square strides are supported')
+  if opts.get('c', '0') not in ('0', '1'):
+    raise ValueError(f'bad block string {block_string!r}: conv type must be c0 or c1')
   return BlockArgs(int(opts['r']), int(opts['k']), int(strides[0]), int(opts['e']),
-                   int(opts['i']), int(opts['o']), float(opts['se']) if 'se' in opts else None)
+                   int(opts['i']), int(opts['o']), float(opts['se']) if 'se' in opts else None,
+                   fused=opts.get('c') == '1')
 
 
 def round_filters(filters: float, width: float, divisor: int = 8) -> int:
@@ -138,21 +151,66 @@ class MBConv(nn.Module):
     return x
 
 
-class EfficientNet(AttentionFields):
-  """EfficientNet from block strings, width/depth coefficients (or `phi`) and SE knobs.
+class FusedMBConv(nn.Module):
+  """Fused-MBConv (EfficientNetV2): kxk conv (stride, expand), BN, act -> [SE] -> 1x1 project, BN.
 
+  With expand_ratio 1 the block is [SE ->] a single kxk conv, BN, act (`conv`, `bn`), as in the
+  official code (released tables have no SE in fused stages). The residual (with
+  stochastic depth) is used when stride is 1 and in == out channels.
+  """
+  in_channels: int
+  out_channels: int
+  kernel_size: int
+  strides: int
+  expand_ratio: float
+  se_layer: Any = None
+  drop_path_rate: float = 0.0
+  conv: Any = layers.Conv2d
+  norm: Any = nn.BatchNorm
+  act: Any = nn.swish
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    norm = functools.partial(self.norm, use_running_average=not train)
+    shortcut = x
+    if self.expand_ratio == 1:
+      if self.se_layer is not None:  # official code: SE before the (only) convolution
+        x = self.se_layer(name='se')(x)
+      x = self.conv(self.out_channels, self.kernel_size, self.strides, name='conv')(x)
+      x = self.act(norm(name='bn')(x))
+    else:
+      mid = int(self.in_channels * self.expand_ratio)
+      x = self.conv(mid, self.kernel_size, self.strides, name='conv_exp')(x)
+      x = self.act(norm(name='bn_exp')(x))
+      if self.se_layer is not None:
+        x = self.se_layer(name='se')(x)
+      x = norm(name='bn_pwl')(self.conv(self.out_channels, 1, 1, name='conv_pwl')(x))
+    if self.strides == 1 and self.in_channels == self.out_channels:
+      x = layers.DropPath(self.drop_path_rate)(x, deterministic=not train) + shortcut
+    return x
+
+
+class EfficientNetBase(AttentionFields):
+  """An EfficientNet from a block table: stem, MBConv / Fused-MBConv stages, 1x1 head.
+
+  How a variant plugs in: a subclass redeclares field defaults (the block table, BN settings)
+  and, where its paper differs, `ROUND_LIMIT` (channel rounding) and `block_reduction` (SE of
+  blocks whose string has no `se` ratio). Channels are `width`-scaled, repeats `depth`-scaled
+  (or both from `phi` by compound scaling); the stem has `stem_channels` (None: the first
+  stage's input width, as in V2).
   Attention fields (`AttentionFields`): `se` on/off, `attn_layer`, `se_stages` (paper stages
-  2..8; None: all), `se_reduction` (None: 1 / the block strings' se ratio, i.e. 4),
+  2..; None: all), `se_reduction` (None: 1 / the block strings' se ratio, i.e. 4),
   `se_width_base` ('input': width from the block input channels as released; 'expanded': the
   "wide SE" computed from the expanded channels), `se_width_rule`, `se_squeeze`, `se_gate`,
   `se_act`, `se_bias`.
   """
+  ROUND_LIMIT = 0.9  # make_divisible's "never 10% below" (V1); V2 rounds to the nearest
   width: float = 1.0
   depth: float = 1.0
   phi: float | None = None
   num_classes: int = 1000
   blocks: Sequence[str] = B0_BLOCKS
-  stem_channels: int = 32
+  stem_channels: int | None = None
   head_channels: int = 1280
   dropout_rate: float = 0.2
   drop_path_rate: float = 0.2
@@ -164,6 +222,7 @@ class EfficientNet(AttentionFields):
   se_width_base: str = 'input'
   se_act: str = 'swish'
   conv_impl: str = 'auto'
+  conv_policy: ConvPolicy = ConvPolicy()
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -187,39 +246,46 @@ class EfficientNet(AttentionFields):
     return self.width, self.depth
 
   @nn.nowrap
+  def round_channels(self, channels: float) -> int:
+    """`channels` scaled by the width coefficient, rounded to a multiple of 8."""
+    return se_lib.make_divisible(channels * self.coefficients()[0], 8,
+                                 round_limit=self.ROUND_LIMIT)
+
+  @nn.nowrap
   def stage_args(self) -> list[BlockArgs]:
     """The block table after width/depth scaling."""
-    width, depth = self.coefficients()
+    depth = self.coefficients()[1]
     return [dataclasses.replace(
-        args, in_channels=round_filters(args.in_channels, width),
-        out_channels=round_filters(args.out_channels, width),
+        args, in_channels=self.round_channels(args.in_channels),
+        out_channels=self.round_channels(args.out_channels),
         repeats=round_repeats(args.repeats, depth))
             for args in map(decode_block_string, self.blocks)]
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    width, _ = self.coefficients()
     act = layers.get_activation(self.act, 'act')
-    conv = functools.partial(layers.Conv2d, padding=self.padding, impl=self.conv_impl,
-                             dtype=self.dtype, kernel_init=layers.conv_kernel_init_fan_out())
+    conv = base.conv_def(self, padding=self.padding,
+                         kernel_init=layers.conv_kernel_init_fan_out())
     norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, param_dtype=jnp.float32)
     bn = functools.partial(norm, use_running_average=not train)
-    x = conv(round_filters(self.stem_channels, width), 3, 2, name='conv_stem')(x.astype(self.dtype))
-    x = act(bn(name='bn_stem')(x))
     stages = self.stage_args()
+    stem = (stages[0].in_channels if self.stem_channels is None
+            else self.round_channels(self.stem_channels))
+    x = act(bn(name='bn_stem')(conv(stem, 3, 2, name='conv_stem')(x.astype(self.dtype))))
     total, index = sum(a.repeats for a in stages), 0
     for s, args in enumerate(stages):
       for b in range(args.repeats):
         in_channels = args.in_channels if b == 0 else args.out_channels
-        x = MBConv(in_channels, args.out_channels, args.kernel_size,
-                   args.stride if b == 0 else 1, args.expand_ratio,
-                   se_layer=self._attn(FIRST_STAGE + s, b + 1, args, in_channels, conv, norm,
-                                     train),
-                   drop_path_rate=self.drop_path_rate * index / total, conv=conv, norm=norm,
-                   act=act, name=f'blocks_{s}_{b}')(x, train)
+        block = FusedMBConv if args.fused else MBConv
+        x = block(in_channels, args.out_channels, args.kernel_size,
+                  args.stride if b == 0 else 1, args.expand_ratio,
+                  se_layer=self._attn(FIRST_STAGE + s, b + 1, args, in_channels, conv, norm,
+                                      train),
+                  drop_path_rate=self.drop_path_rate * index / total, conv=conv, norm=norm,
+                  act=act, name=f'blocks_{s}_{b}')(x, train)
         index += 1
-    x = conv(round_filters(self.head_channels, width), 1, 1, name='conv_head')(x)
+    x = conv(self.round_channels(self.head_channels), 1, 1, name='conv_head')(x)
     x = act(bn(name='bn_head')(x))
     x = layers.FeatureTap(name='features')(x)
     x = layers.global_avg_pool(x)
@@ -228,15 +294,28 @@ class EfficientNet(AttentionFields):
                     kernel_init=layers.dense_kernel_init_uniform_fan_out)(x)
 
   @nn.nowrap
+  def block_reduction(self, args: BlockArgs) -> float | None:
+    """SE reduction of a block (None: no attention): `se_reduction`, else 1 / the block
+    string's se ratio; blocks without one get none."""
+    return self.se_reduction or (1.0 / args.se_ratio if args.se_ratio else None)
+
+  @nn.nowrap
   def _attn(self, stage: int, block: int, args: BlockArgs, in_channels: int, conv, norm, train):
-    """The block's attention constructor: the block string's SE ratio unless overridden."""
-    reduction = self.se_reduction or (1.0 / args.se_ratio if args.se_ratio else None)
+    """The block's attention constructor (see `block_reduction`)."""
+    reduction = self.block_reduction(args)
     if not reduction:
       return None
-    base = in_channels if self.se_width_base == 'input' else in_channels * args.expand_ratio
-    return self.attn(stage, block, reduction=reduction, width_base=base,
+    base_width = in_channels if self.se_width_base == 'input' else in_channels * args.expand_ratio
+    return self.attn(stage, block, reduction=reduction, width_base=base_width,
                      kernel_init=layers.conv_kernel_init_fan_out(), conv=conv, norm=norm,
                      dtype=self.dtype, train=train)
+
+
+class EfficientNet(EfficientNetBase):
+  """EfficientNet (V1) from block strings, width/depth coefficients (or `phi`) and SE knobs:
+  `EfficientNetBase` with B0's table, a 32-channel stem and TF's BN momentum 0.99."""
+  blocks: Sequence[str] = B0_BLOCKS
+  stem_channels: int | None = 32
 
 
 for _variant, (_w, _d, _res, _drop) in RELEASED.items():

@@ -14,26 +14,21 @@ padding, BN eps 1e-3, momentum 0.9), which is timm's `tf_efficientnetv2_*` and K
 
 Blocks are numbered like V1's: stage 1 is the stem, block stages are 2.., so the gates of the
 third block of the first MBConv stage of V2-S are 'SE_5_3'.
+
+V2 is V1's `EfficientNetBase` with other data: its block tables, nearest-multiple-of-8
+rounding (`ROUND_LIMIT = 0`), a stem as wide as the first stage's input, BN momentum 0.9, and
+SE only in the stages whose string has an `se` ratio.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
-import re
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 
-from senet_jax.models import layers
 from senet_jax.models import squeeze_excite as se_lib
-from senet_jax.models.attention.config import AttentionFields
-from senet_jax.models.efficientnet import MBConv, decode_block_string, round_repeats
+from senet_jax.models.efficientnet import (BlockArgs, EfficientNetBase, FusedMBConv,  # noqa: F401
+                                           decode_block_string)
 from senet_jax.models.registry import register
-from senet_jax.ops import conv_impls
-
-FIRST_STAGE = 2  # stage 1 is the stem
 
 # google/automl efficientnetv2/effnetv2_configs.py: v2_base_block, v2_s_block, v2_m_block, ...
 BASE_BLOCKS = (
@@ -71,27 +66,9 @@ RELEASED = {
     'l': (L_BLOCKS, 1.0, 1.0, 384, 480, 0.4), 'xl': (XL_BLOCKS, 1.0, 1.0, 384, 512, 0.4),
 }
 
-
-@dataclasses.dataclass(frozen=True)
-class StageArgs:
-  """One stage of the V2 table: V1's fields plus `fused` (the 'c1' flag)."""
-  repeats: int
-  kernel_size: int
-  stride: int
-  expand_ratio: int
-  in_channels: int
-  out_channels: int
-  se_ratio: float | None
-  fused: bool
-
-
-def decode_v2_block_string(block_string: str) -> StageArgs:
-  """Parses 'r2_k3_s1_e1_i24_o24_c1' (V1 notation plus `c1` for Fused-MBConv)."""
-  args = decode_block_string(block_string)
-  conv_type = re.search(r'(?:^|_)c(\d)(?:_|$)', block_string)
-  if conv_type and conv_type.group(1) not in '01':
-    raise ValueError(f'bad block string {block_string!r}: conv type must be c0 or c1')
-  return StageArgs(**dataclasses.asdict(args), fused=bool(conv_type and conv_type.group(1) == '1'))
+# V1's BlockArgs carries the 'c1' flag (`fused`); these names are kept for V2 callers.
+StageArgs = BlockArgs
+decode_v2_block_string = decode_block_string
 
 
 def round_filters(filters: float, width: float, divisor: int = 8) -> int:
@@ -99,46 +76,7 @@ def round_filters(filters: float, width: float, divisor: int = 8) -> int:
   return se_lib.make_divisible(filters * width, divisor, round_limit=0.0)
 
 
-class FusedMBConv(nn.Module):
-  """Fused-MBConv: kxk conv (stride, expand), BN, act -> [SE] -> 1x1 project, BN.
-
-  With expand_ratio 1 the block is [SE ->] a single kxk conv, BN, act (`conv`, `bn`), as in the
-  official code (released tables have no SE in fused stages). The residual (with
-  stochastic depth) is used when stride is 1 and in == out channels.
-  """
-  in_channels: int
-  out_channels: int
-  kernel_size: int
-  strides: int
-  expand_ratio: float
-  se_layer: Any = None
-  drop_path_rate: float = 0.0
-  conv: Any = layers.Conv2d
-  norm: Any = nn.BatchNorm
-  act: Any = nn.swish
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    norm = functools.partial(self.norm, use_running_average=not train)
-    shortcut = x
-    if self.expand_ratio == 1:
-      if self.se_layer is not None:  # official code: SE before the (only) convolution
-        x = self.se_layer(name='se')(x)
-      x = self.conv(self.out_channels, self.kernel_size, self.strides, name='conv')(x)
-      x = self.act(norm(name='bn')(x))
-    else:
-      mid = int(self.in_channels * self.expand_ratio)
-      x = self.conv(mid, self.kernel_size, self.strides, name='conv_exp')(x)
-      x = self.act(norm(name='bn_exp')(x))
-      if self.se_layer is not None:
-        x = self.se_layer(name='se')(x)
-      x = norm(name='bn_pwl')(self.conv(self.out_channels, 1, 1, name='conv_pwl')(x))
-    if self.strides == 1 and self.in_channels == self.out_channels:
-      x = layers.DropPath(self.drop_path_rate)(x, deterministic=not train) + shortcut
-    return x
-
-
-class EfficientNetV2(AttentionFields):
+class EfficientNetV2(EfficientNetBase):
   """EfficientNetV2 from a block table, width/depth coefficients and SE knobs.
 
   Attention fields as in V1's `EfficientNet` (`AttentionFields`): `se` on/off, `attn_layer`,
@@ -147,88 +85,23 @@ class EfficientNetV2(AttentionFields):
   1 / 0.25), `se_width_base` ('input' as released, or 'expanded'), `se_width_rule`,
   `se_squeeze`, `se_gate`, `se_act`.
   """
-  width: float = 1.0
-  depth: float = 1.0
-  num_classes: int = 1000
+  ROUND_LIMIT = 0.0  # the nearest multiple of 8 (`round_filters`)
   blocks: Sequence[str] = S_BLOCKS
-  head_channels: int = 1280
-  dropout_rate: float = 0.2
-  drop_path_rate: float = 0.2
-  padding: str = 'tf_same'
   bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-3
-  act: str = 'swish'
-  se_reduction: float | None = None
-  se_width_base: str = 'input'
-  se_act: str = 'swish'
-  conv_impl: str = 'auto'
-  dtype: Any = jnp.float32
 
   def __post_init__(self):
-    layers.check_choice('padding', self.padding, layers.PADDING_MODES)
-    layers.check_choice('act', self.act, tuple(layers.ACTIVATIONS))
-    layers.check_choice('se_width_base', self.se_width_base, ('input', 'expanded'))
-    layers.check_choice('conv_impl', self.conv_impl, conv_impls.IMPLS)
     if self.se_reduction is not None and not self.se_reduction >= 1:
       raise ValueError(f'se_reduction must be >= 1, got {self.se_reduction!r}')
     super().__post_init__()
 
   @nn.nowrap
-  def attention_stages(self) -> tuple[int, ...]:
-    """Paper stages 2..(1 + number of block strings)."""
-    return tuple(range(FIRST_STAGE, FIRST_STAGE + len(self.blocks)))
-
-  @nn.nowrap
-  def stage_args(self) -> list[StageArgs]:
-    """The block table after width/depth scaling."""
-    return [dataclasses.replace(
-        args, in_channels=round_filters(args.in_channels, self.width),
-        out_channels=round_filters(args.out_channels, self.width),
-        repeats=round_repeats(args.repeats, self.depth))
-            for args in map(decode_v2_block_string, self.blocks)]
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    act = layers.get_activation(self.act, 'act')
-    conv = functools.partial(layers.Conv2d, padding=self.padding, impl=self.conv_impl,
-                             dtype=self.dtype, kernel_init=layers.conv_kernel_init_fan_out())
-    norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, param_dtype=jnp.float32)
-    bn = functools.partial(norm, use_running_average=not train)
-    stages = self.stage_args()
-    # The stem's width is the first stage's input width (official code).
-    x = conv(stages[0].in_channels, 3, 2, name='conv_stem')(x.astype(self.dtype))
-    x = act(bn(name='bn_stem')(x))
-    total, index = sum(a.repeats for a in stages), 0
-    for s, args in enumerate(stages):
-      for b in range(args.repeats):
-        in_channels = args.in_channels if b == 0 else args.out_channels
-        block = FusedMBConv if args.fused else MBConv
-        x = block(in_channels, args.out_channels, args.kernel_size,
-                  args.stride if b == 0 else 1, args.expand_ratio,
-                  se_layer=self._attn(FIRST_STAGE + s, b + 1, args, in_channels, conv, norm,
-                                      train),
-                  drop_path_rate=self.drop_path_rate * index / total, conv=conv, norm=norm,
-                  act=act, name=f'blocks_{s}_{b}')(x, train)
-        index += 1
-    x = conv(round_filters(self.head_channels, self.width), 1, 1, name='conv_head')(x)
-    x = act(bn(name='bn_head')(x))
-    x = layers.FeatureTap(name='features')(x)
-    x = layers.global_avg_pool(x)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, dtype=jnp.float32, name='classifier',
-                    kernel_init=layers.dense_kernel_init_uniform_fan_out)(x)
-
-  @nn.nowrap
-  def _attn(self, stage: int, block: int, args: StageArgs, in_channels: int, conv, norm, train):
-    """The block's attention constructor: SE in the table's MBConv stages unless `se_stages`."""
+  def block_reduction(self, args: BlockArgs) -> float | None:
+    """SE in the table's MBConv stages (released V2: none in the Fused-MBConv stages) unless
+    `se_stages` names stages; `se_reduction`, else 1 / the string's ratio (0.25)."""
     if self.se_stages is None and args.se_ratio is None:
-      return None  # released V2: no SE in the Fused-MBConv stages
-    reduction = self.se_reduction or 1.0 / (args.se_ratio or 0.25)
-    base = in_channels if self.se_width_base == 'input' else in_channels * args.expand_ratio
-    return self.attn(stage, block, reduction=reduction, width_base=base,
-                     kernel_init=layers.conv_kernel_init_fan_out(), conv=conv, norm=norm,
-                     dtype=self.dtype, train=train)
+      return None
+    return self.se_reduction or 1.0 / (args.se_ratio or 0.25)
+
 
 for _variant, (_blocks, _w, _d, _train, _eval, _drop) in RELEASED.items():
   register(f'efficientnetv2_{_variant}', EfficientNetV2, family='efficientnet', resolution=_eval,

@@ -2,9 +2,11 @@
 
 Convolutions are one module, `Conv2d`, whose parameter is always the Flax kernel
 `(kh, kw, in_channels // groups, out_channels)`, so weights do not depend on how the convolution
-is computed. How it is computed (`impl`) is chosen per backend: XLA:CPU runs grouped and
-depthwise convolutions 10-100x slower than dense ones (see `senet_jax/ops/conv_impls.py`), so
-on CPU they are reformulated; on GPU/TPU `feature_group_count` is used. Max pooling comes from
+is computed. How it is computed is the requested `impl` resolved by the model's
+`senet_jax.ops.ConvPolicy` (built once by `create_model` / `models.builder`): XLA:CPU runs
+grouped and depthwise convolutions 10-100x slower than dense ones (see
+`senet_jax/ops/conv_impls.py`), so on CPU they are reformulated; on GPU/TPU
+`feature_group_count` is used. Max pooling comes from
 `senet_jax/ops/pooling.py` (its gradient is written by hand for XLA:CPU).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from senet_jax.ops import conv_impls
+from senet_jax.ops.policy import ConvPolicy
 from senet_jax.ops.pooling import max_pool  # noqa: F401  (layers.max_pool for the models)
 
 Array = jax.Array
@@ -86,8 +89,12 @@ class Conv2d(nn.Module):
     groups: feature groups (1: dense, == in_channels: depthwise).
     padding: 'tf_same' or 'symmetric', or explicit ((lo, hi), (lo, hi)).
     use_bias: add a bias.
-    impl: how grouped/depthwise convs are computed: 'auto', 'xla', 'shift', 'dense'
-      (see `conv_impls.IMPLS`); dense convolutions always use XLA.
+    impl: the requested formulation, one of `conv_impls.IMPLS`: 'auto' (the fastest on the
+      policy's backend), 'xla' (`lax.conv_general_dilated`), 'shift' (depthwise), 'dense',
+      'split', 'direct' (grouped), 'matmul' (1x1), 'im2col', 'im2col_grad' (dense kxk).
+    policy: where the model runs (`ConvPolicy`: backend, CPU convolution engine, C++ kernels);
+      `policy.choose(impl, kernel shape, groups, input size)` picks the formulation. The
+      default `ConvPolicy()` knows no backend and runs XLA's convolution ('auto' -> 'xla').
     kernel_init: kernel initialiser.
     dtype: compute dtype; parameters stay `param_dtype`.
   """
@@ -98,6 +105,7 @@ class Conv2d(nn.Module):
   padding: Any = 'symmetric'
   use_bias: bool = False
   impl: str = 'auto'
+  policy: ConvPolicy = ConvPolicy()
   kernel_init: Callable = he_normal_fan_out
   bias_init: Callable = nn.initializers.zeros
   dtype: Dtype = jnp.float32
@@ -116,7 +124,8 @@ class Conv2d(nn.Module):
     if isinstance(padding, str):
       padding = explicit_padding(self.kernel_size, padding)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = conv_impls.conv(x, kernel, self.strides, padding, self.groups, self.impl)
+    y = conv_impls.conv(x, kernel, self.strides, padding, self.groups, self.impl,
+                         self.policy)
     if self.use_bias:
       bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
@@ -195,6 +204,16 @@ def max_pool_ceil(x: Array, window: int, stride: int) -> Array:
     out = -(-(size - window) // stride) + 1
     return max((out - 1) * stride + window - size, 0)
   return max_pool(x, window, stride, ((0, extra(x.shape[1])), (0, extra(x.shape[2]))))
+
+
+def avg_pool_ceil(x: Array, window: int, stride: int) -> Array:
+  """Average pool as PyTorch's `AvgPool2d(ceil_mode=True, count_include_pad=False)`: a last,
+  partial window on odd sizes averages only the pixels it covers (timm's `avg_down`)."""
+  def extra(size):
+    out = -(-(size - window) // stride) + 1
+    return max((out - 1) * stride + window - size, 0)
+  pads = ((0, extra(x.shape[1])), (0, extra(x.shape[2])))
+  return nn.avg_pool(x, (window, window), (stride, stride), pads, count_include_pad=False)
 
 
 def max_pool_padded(x: Array, window: int, stride: int) -> Array:

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from senet_jax.ops.policy import select_conv_policy
 from senet_jax.utils.names import suggest
 
 
@@ -75,7 +76,9 @@ def create_model(name: str, *, num_classes: int | None = None, dtype: Any = jnp.
     features_only: return a feature backbone (`senet_jax.models.features`): a list of feature
       maps at the reductions listed by `feature_info(model)`, timm's semantics.
     out_indices: which feature maps (indices into `feature_info`), default all.
-    **overrides: module fields to change, e.g. `se_reduction=8`, `layout='v1.5'`.
+    **overrides: module fields to change, e.g. `se_reduction=8`, `layout='v1.5'`. Without
+      a `conv_policy`, the model gets `ops.select_conv_policy()`: the fastest convolution
+      formulations for this process's backend and device count, decided here, once.
 
   Returns:
     A `flax.linen.Module` mapping NHWC float images to `(N, num_classes)` float32 logits via
@@ -91,6 +94,8 @@ def create_model(name: str, *, num_classes: int | None = None, dtype: Any = jnp.
   if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
     raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}')
   kwargs = {**info.kwargs, **overrides, 'num_classes': num_classes or 1000, 'dtype': dtype}
+  if 'conv_policy' in fields and 'conv_policy' not in overrides:
+    kwargs['conv_policy'] = select_conv_policy()
   module = info.module_cls(**kwargs)
   if pretrained:  # lazy imports: the reuse layers build on models, not the other way round
     from senet_jax.convert import hub

@@ -7,6 +7,11 @@ Two public layouts (reference section 2):
 - 'v1.5' (torchvision, timm `seresnet*`/`seresnext*`): stride in the 3x3 conv, SE width
   `make_divisible(C / r, 8)`, stem max pool padded by 1.
 
+Stems and shortcuts are data too (timm's ResNet-D / -T, "bag of tricks", He et al. 2019):
+`stem='deep'` is three 3x3 convs (stem_width / 2, stem_width / 2, stem_width),
+`stem='deep_tiered'` narrows the first to 3/8 stem_width; `avg_down=True` downsamples a
+projection shortcut by a 2x2 average pool before its stride-1 1x1 conv.
+
 Stages are numbered as in the paper (conv2_x .. conv5_x -> stages 2..5), so the SE block of the
 third block of conv4_x records its gates as 'SE_4_3'. Parameter names follow torchvision/timm
 (`layer1_0/conv1`, `.../bn1`, `.../se/reduce`) so converted weights map one to one.
@@ -21,13 +26,15 @@ import jax
 import jax.numpy as jnp
 
 from senet_jax.models import layers
+from senet_jax.models import base
 from senet_jax.ops import conv_impls
+from senet_jax.ops.policy import ConvPolicy
 from senet_jax.models import squeeze_excite as se_lib
 from senet_jax.models.attention.config import AttentionFields
 
 LAYOUTS = ('original', 'v1.5')
 BLOCKS = ('basic', 'bottleneck')
-STEMS = ('conv7', 'deep')
+STEMS = ('conv7', 'deep', 'deep_tiered')
 FIRST_STAGE = 2  # the paper calls the first residual stage conv2_x
 
 
@@ -47,6 +54,7 @@ class ResidualUnit(nn.Module):
   groups: int = 1
   project: bool = False
   project_kernel: int = 1
+  avg_down: bool = False
   se_layer: Callable | None = None
   se_position: str = 'standard'
   drop_path_rate: float = 0.0
@@ -62,9 +70,7 @@ class ResidualUnit(nn.Module):
     se = self.se_layer
     shortcut = x
     if self.project:
-      shortcut = self.conv(self.out_channels, self.project_kernel, self.strides,
-                           name='downsample_conv')(x)
-      shortcut = norm(name='downsample_bn')(shortcut)
+      shortcut = self._shortcut(x, norm)
     if se is not None and self.se_position == 'pre':
       x = se(name='se')(x)
     y = self._branch(x, norm, se)
@@ -77,6 +83,17 @@ class ResidualUnit(nn.Module):
     if se is not None and self.se_position == 'post':
       out = se(name='se')(out)
     return out
+
+  def _shortcut(self, x, norm):
+    """The projection shortcut: strided conv + BN, or (avg_down) avg pool, 1x1 conv + BN."""
+    if not self.avg_down:
+      x = self.conv(self.out_channels, self.project_kernel, self.strides,
+                    name='downsample_conv')(x)
+    else:
+      if self.strides > 1:
+        x = layers.avg_pool_ceil(x, 2, self.strides)
+      x = self.conv(self.out_channels, 1, 1, name='downsample_conv')(x)
+    return norm(name='downsample_bn')(x)
 
   def _branch(self, x, norm, se):
     """F(x): the residual branch, ending with the last BN (no activation)."""
@@ -109,6 +126,8 @@ class ResNet(AttentionFields):
   `attn_layer` picks SE / ECA / CBAM / GE; `se_stages` lists the paper stages (2..5) that get it
   (None: all); `se_width_rule` None means the layout's rule; `se_position` places it in the
   unit (ResidualUnit).
+  `stem` ('conv7', 'deep', 'deep_tiered'; `stem_width` output channels) and `avg_down`
+  (average-pool projection shortcuts) give the ResNet-D / -T variants (module docstring).
   `basic_relu_before_se` reproduces timm's legacy SE-ResNet-18/34 (a ReLU after the basic
   block's last BN, before SE), which their released weights need.
   """
@@ -122,6 +141,7 @@ class ResNet(AttentionFields):
   stem: str = 'conv7'
   stem_width: int = 64
   project_kernel: int = 1
+  avg_down: bool = False
   layout: str = 'original'
   stride_in_1x1: bool | None = None
   se: bool = False
@@ -134,6 +154,7 @@ class ResNet(AttentionFields):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   conv_impl: str = 'auto'
+  conv_policy: ConvPolicy = ConvPolicy()
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -173,7 +194,7 @@ class ResNet(AttentionFields):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(layers.Conv2d, impl=self.conv_impl, dtype=self.dtype)
+    conv = base.conv_def(self)
     norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, param_dtype=jnp.float32)
     x = self._stem(x.astype(self.dtype), conv, norm, train)
@@ -192,7 +213,7 @@ class ResNet(AttentionFields):
             kind=self.block, width=width, conv1_width=width // self.reduce_first,
             out_channels=out_channels, strides=strides, stride_in_1x1=self._stride_in_1x1(),
             groups=self.groups, project=project,
-            project_kernel=self.project_kernel if s > 0 else 1,
+            project_kernel=self.project_kernel if s > 0 else 1, avg_down=self.avg_down,
             se_layer=self.attn(stage, b + 1, conv=conv, norm=norm, dtype=self.dtype,
                                train=train), se_position=self.se_position,
             drop_path_rate=self.drop_path_rate * block_index / total_blocks,
@@ -212,9 +233,10 @@ class ResNet(AttentionFields):
     bn = functools.partial(norm, use_running_average=not train)
     if self.stem == 'conv7':
       x = nn.relu(bn(name='bn1')(conv(self.stem_width, 7, 2, name='conv1')(x)))
-    else:  # deep: three 3x3 convs, 64-64-128 in SENet-154
+    else:  # deep: three 3x3 convs, 64-64-128 in SENet-154; tiered: 24-32-64 in timm's '-t'
       half = self.stem_width // 2
-      for i, (ch, st) in enumerate([(half, 2), (half, 1), (self.stem_width, 1)], start=1):
+      first = 3 * (half // 4) if self.stem == 'deep_tiered' else half
+      for i, (ch, st) in enumerate([(first, 2), (half, 1), (self.stem_width, 1)], start=1):
         x = nn.relu(bn(name=f'stem_bn{i}')(conv(ch, 3, st, name=f'stem_conv{i}')(x)))
     if self.layout == 'original':
       return layers.max_pool_ceil(x, 3, 2)

@@ -28,3 +28,15 @@ for _depth in (50, 101):
 register('senet154', ResNet, family='resnet', stage_sizes=(3, 8, 36, 3), groups=64,
          base_width=4, reduce_first=2, stem='deep', stem_width=128, project_kernel=3,
          dropout_rate=0.2, se=True)
+
+# timm's ECA-ResNets (Wang et al. 2020 attention on ResNet-D / -T, He et al. 2019): torchvision
+# layout, ECA in every bottleneck, average-pool shortcuts; a deep stem 32-32-64 ('d'), a tiered
+# one 24-32-64 ('t'), or the 7x7 stem (ecaresnetlight).
+_ECA = dict(family='resnet', layout='v1.5', se=True, attn_layer='eca', avg_down=True)
+register('ecaresnet26t', ResNet, stage_sizes=(2, 2, 2, 2), stem='deep_tiered', resolution=256,
+         **_ECA)
+register('ecaresnet50d', ResNet, stage_sizes=(3, 4, 6, 3), stem='deep', **_ECA)
+register('ecaresnet50t', ResNet, stage_sizes=(3, 4, 6, 3), stem='deep_tiered', resolution=256,
+         **_ECA)
+register('ecaresnet101d', ResNet, stage_sizes=(3, 4, 23, 3), stem='deep', **_ECA)
+register('ecaresnetlight', ResNet, stage_sizes=(1, 1, 11, 3), **_ECA)

@@ -10,7 +10,7 @@ speed per backend:
 - 'shift': depthwise only, a sum of k*k shifted, strided slices times a per-channel weight.
   Elementwise work that XLA:CPU fuses well, forward and input gradient. Its weight gradient
   (k*k reductions over shifted slices, which XLA:CPU copies first) comes from the C++ kernel
-  in `senet_jax.ops.kernels` when that is built, in float32 on one CPU device.
+  in `senet_jax.ops.kernels` when the policy allows them (built, one CPU device), in float32.
 - 'dense': grouped only, the grouped kernel scattered into a block-diagonal dense kernel and one
   dense convolution. It does `groups` times the arithmetic, but XLA:CPU's dense convolution
   (oneDNN) is so much faster than its grouped one that this wins for ResNeXt widths.
@@ -38,15 +38,18 @@ speed per backend:
   of kxk convs with <= 64 input channels or maps of <= 7 px is 1.3-2x slower than im2col's.
 
 - 'direct': grouped (depthwise too, though 'shift' is the fast one there), stride 1, float32,
-  one CPU device: the C++ kernels of `senet_jax.ops.kernels` (forward, weight gradient; the input
-  gradient is a forward pass with the flipped kernel). Elsewhere it runs 'split'. 1.2-3x
-  faster than 'split' on ResNeXt-50's shapes, forward + backward (benchmarks/grouped_conv.py).
+  a policy with kernels (one CPU device): the C++ kernels of `senet_jax.ops.kernels` (forward,
+  weight gradient; the input gradient is a forward pass with the flipped kernel). Elsewhere
+  it runs 'split'. 1.2-3x faster than 'split' on ResNeXt-50's shapes, forward + backward
+  (benchmarks/grouped_conv.py).
 
-'auto' picks per backend: on CPU 'matmul' for 1x1, 'shift' for depthwise, 'direct' for other
-grouped convolutions whose groups it handles well ('split' for the rest), 'im2col' on maps no
-larger than the kernel, and for other dense kxk convs what is fastest on the CPU convolution
-engine in use (`_auto_dense_cpu`; Eigen once
-`senet_jax.utils.xla_flags.configure_xla_cpu()` ran: then plain 'xla'); 'xla' on GPU / TPU.
+Which formulation runs is decided by a `senet_jax.ops.policy.ConvPolicy` (built once per model
+by `models.builder.build_model` / `create_model`, never while tracing): 'auto' picks per
+backend: on CPU 'matmul' for 1x1, 'shift' for depthwise, 'direct' for other grouped
+convolutions whose groups it handles well ('split' for the rest), 'im2col' on maps no larger
+than the kernel, and for other dense kxk convs what is fastest on the CPU convolution engine in
+use (Eigen once `senet_jax.utils.xla_flags.configure_xla_cpu()` ran: then plain 'xla'); 'xla'
+on GPU / TPU.
 """
 from __future__ import annotations
 
@@ -58,81 +61,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from senet_jax.ops import kernels
-from senet_jax.utils.xla_flags import cpu_conv_engine
+from senet_jax.ops.policy import IMPLS, ConvPolicy, select_conv_policy  # noqa: F401  (IMPLS)
 
-IMPLS = ('auto', 'xla', 'shift', 'dense', 'split', 'direct', 'matmul', 'im2col', 'im2col_grad')
-# 'direct' beats 'split' for groups of <= 8 input channels (its expanded-rows form) and for
-# groups of a multiple of 8 output channels (its broadcast form; `Geometry::broadcast()` in
-# senet_jax/ops/kernels/grouped_cpu.cc): all of ResNeXt-50 32x4d's 3x3 convs. Other shapes (e.g. 12
-# in / 12 out) would need expanded rows that outgrow the cache.
-DIRECT_MAX_EXPANDED_WIDTH = 8
-DIRECT_BROADCAST_MULTIPLE = 8
 SPLIT_SLICE_CHANNELS = 16  # input channels per dense slice of 'split' (measured best on CPU)
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
-def resolve_impl(impl: str, groups: int, in_channels: int, backend: str | None = None,
-                 kernel_size: int = 3, spatial: int = 1 << 30, engine: str | None = None,
-                 out_channels: int | None = None) -> str:
-  """Returns the concrete formulation for `impl` ('auto' resolved on the current backend and,
-  on CPU, convolution `engine`: 'eigen' or 'ynn', by default the one XLA_FLAGS selects)."""
-  if impl not in IMPLS:
-    raise ValueError(f'conv_impl={impl!r} is not valid; allowed values: {list(IMPLS)}')
-  on_cpu = (backend or jax.default_backend()) == 'cpu'
-  if groups == 1:
-    if kernel_size == 1 and (impl == 'matmul' or (impl == 'auto' and on_cpu)):
-      return 'matmul'
-    if impl in ('im2col', 'im2col_grad'):
-      return impl
-    if impl == 'auto' and on_cpu and kernel_size > 1:
-      return _auto_dense_cpu(in_channels, kernel_size, spatial, engine or cpu_conv_engine())
-    return 'xla'
-  depthwise = groups == in_channels
-  if impl == 'auto':
-    if not on_cpu:
-      return 'xla'
-    if depthwise:
-      return 'shift'
-    out_per_group = (out_channels or in_channels) // groups
-    if (in_channels // groups <= DIRECT_MAX_EXPANDED_WIDTH
-        or out_per_group % DIRECT_BROADCAST_MULTIPLE == 0):
-      return 'direct'
-    return 'split'
-  if impl == 'matmul':
-    raise ValueError(f"conv_impl='matmul' needs a dense 1x1 conv, got groups={groups}")
-  if impl in ('im2col', 'im2col_grad'):
-    raise ValueError(f"conv_impl={impl!r} needs a dense conv, got groups={groups}")
-  if impl == 'shift' and not depthwise:
-    raise ValueError(f"conv_impl='shift' needs a depthwise conv (groups == in_channels), got "
-                     f'groups={groups} with {in_channels} input channels')
-  return impl
-
-
-def _auto_dense_cpu(in_channels: int, kernel_size: int, spatial: int, engine: str) -> str:
-  """The fastest formulation of a dense kxk conv on XLA:CPU with convolution `engine`.
-
-  Both engines leave their fast path on maps no larger than the kernel (a 3x3 conv on the 2x2
-  maps of the last ResNet stage at 64 px: 500+ ms vs 5 ms as im2col). Elsewhere Eigen's
-  convolution beats every reformulation, forward and backward (ResNet-50 shapes, ms fwd /
-  fwd+bwd, XLA vs im2col_grad: 7x7 stem 20.8/54.5 vs 21.3/100, 56x56x64 13.7/50 vs 13.5/85,
-  28x28x128 12.2/41 vs 11.4/54). YNNPACK's convolutions are slower, and weight gradients
-  much slower, so with it more shapes go to im2col."""
-  if spatial <= kernel_size:
-    return 'im2col'
-  if engine == 'eigen':
-    return 'xla'
-  # YNNPACK: 3x3 stems (3 channels) are faster as one K=27 matmul; 7x7 stems are not
-  # (forward 52 vs 25 ms at 224x16) and take 'im2col_grad'.
-  if in_channels <= 4 and kernel_size <= 9:
-    return 'im2col'
-  return 'im2col_grad' if _im2col_grad_is_faster(in_channels, spatial) else 'xla'
-
-
-def _im2col_grad_is_faster(in_channels: int, spatial: int) -> bool:
-  """XLA:CPU 3x3 conv fwd + bwd, XLA vs im2col weight gradient (ms, batch 16 at 224 / 64 at
-  64 px): 56x56x64 144 vs 90, 28x28x128 79 vs 60, 16x16x64 49 vs 29, 7x7x512 48 vs 44; but
-  8x8x128 14.0 vs 17.8 and 14x14x256 42 vs 45."""
-  return in_channels <= 64 or spatial <= 49 or (in_channels <= 128 and spatial >= 28 * 28)
+def _policy(policy: ConvPolicy | None) -> ConvPolicy:
+  """`policy`, or for a direct caller of these functions (tests, benchmarks) the current
+  process's; models always pass the one their builder chose."""
+  return policy if policy is not None else select_conv_policy()
 
 
 def _pads(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: int, padding: Any):
@@ -162,12 +100,14 @@ def conv_xla(x, kernel, strides: int, padding: Any, groups: int):
       feature_group_count=groups)
 
 
-def conv_shift(x, kernel, strides: int, padding: Any):
-  """Depthwise conv as k*k shifted strided slices times per-channel weights. On CPU, in float32
-  on one device, its weight gradient comes from the hand-written kernel in `senet_jax.ops.kernels`
-  (XLA copies a shifted slice of the activations per tap there: 10-20x slower)."""
+def conv_shift(x, kernel, strides: int, padding: Any, policy: ConvPolicy | None = None):
+  """Depthwise conv as k*k shifted strided slices times per-channel weights. Where `policy`
+  allows the C++ kernels (CPU, one device) and in float32, its weight gradient comes from the
+  hand-written kernel in `senet_jax.ops.kernels` (XLA copies a shifted slice of the
+  activations per tap there: 10-20x slower)."""
   pads = _pads(x.shape, kernel.shape, strides, padding)
-  if _use_depthwise_kernel(x, kernel):
+  if kernel.shape[2:] == (1, x.shape[-1]) and _policy(policy).kernels_apply(x.dtype,
+                                                                            kernel.dtype):
     return _conv_shift_kernel_grad(x, kernel, strides, pads)
   return _conv_shift(x, kernel, strides, pads)
 
@@ -183,16 +123,6 @@ def _conv_shift(x, kernel, strides: int, pads):
     term = patch * kernel[i, j, 0]
     y = term if y is None else y + term
   return y
-
-
-def _cpu_kernels_apply(x, kernel) -> bool:
-  # Sharded over several devices a custom call would be replicated: keep XLA's version there.
-  return (x.dtype == kernel.dtype == jnp.float32 and jax.default_backend() == 'cpu'
-          and jax.device_count() == 1 and kernels.available())
-
-
-def _use_depthwise_kernel(x, kernel) -> bool:
-  return kernel.shape[2:] == (1, x.shape[-1]) and _cpu_kernels_apply(x, kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -235,24 +165,29 @@ def split_factor(groups: int, in_channels: int) -> int:
   return k
 
 
-def conv_split(x, kernel, strides: int, padding: Any, groups: int):
-  """Grouped conv as G / k dense convs over channel slices, k groups block-diagonal in each."""
+def conv_split(x, kernel, strides: int, padding: Any, groups: int,
+               policy: ConvPolicy | None = None):
+  """Grouped conv as G / k dense convs over channel slices, k groups block-diagonal in each
+  (each dense conv formulated as `policy` says)."""
+  policy = _policy(policy)
   k = split_factor(groups, x.shape[-1])
   slices = groups // k
   cin, cout = x.shape[-1] // slices, kernel.shape[-1] // slices
   outs = [conv(x[..., s * cin:(s + 1) * cin],
                block_diagonal_kernel(kernel[..., s * cout:(s + 1) * cout], k),
-               strides, padding, 1, 'auto') for s in range(slices)]
+               strides, padding, 1, 'auto', policy) for s in range(slices)]
   return outs[0] if slices == 1 else jnp.concatenate(outs, axis=-1)
 
 
-def conv_direct(x, kernel, strides: int, padding: Any, groups: int):
+def conv_direct(x, kernel, strides: int, padding: Any, groups: int,
+                policy: ConvPolicy | None = None):
   """Grouped conv from the C++ kernels in `senet_jax.ops.kernels` (forward, input gradient as a
   forward with the flipped kernel, weight gradient); 'split' where they cannot run (stride > 1,
-  not float32, several devices, no compiler)."""
+  not float32, or a `policy` without kernels: several devices, no compiler)."""
+  policy = _policy(policy)
   pads = _pads(x.shape, kernel.shape, strides, padding)
-  if strides != 1 or not _cpu_kernels_apply(x, kernel):
-    return conv_split(x, kernel, strides, pads, groups)
+  if strides != 1 or not policy.kernels_apply(x.dtype, kernel.dtype):
+    return conv_split(x, kernel, strides, pads, groups, policy)
   return _conv_direct(x, kernel, pads)
 
 
@@ -356,10 +291,12 @@ def _conv_im2col_grad_bwd(strides, padding, residuals, dy):
 _conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
 
 
-def conv(x, kernel, strides: int, padding: Any, groups: int, impl: str = 'auto'):
-  """Grouped/depthwise/dense convolution computed with the formulation `impl`."""
-  impl = resolve_impl(impl, groups, x.shape[-1], kernel_size=kernel.shape[0] * kernel.shape[1],
-                      spatial=min(x.shape[1], x.shape[2]) ** 2, out_channels=kernel.shape[-1])
+def conv(x, kernel, strides: int, padding: Any, groups: int, impl: str = 'auto',
+         policy: ConvPolicy | None = None):
+  """Grouped/depthwise/dense convolution computed with the formulation `impl`, as `policy`
+  resolves it for this kernel shape and input size (`ConvPolicy.choose`)."""
+  policy = _policy(policy)
+  impl = policy.choose(impl, kernel.shape, groups, x.shape[1:3])
   if impl == 'matmul':
     return conv_matmul(x, kernel, strides, padding)
   if impl == 'im2col':
@@ -367,11 +304,11 @@ def conv(x, kernel, strides: int, padding: Any, groups: int, impl: str = 'auto')
   if impl == 'im2col_grad':
     return conv_im2col_grad(x, kernel, strides, padding)
   if impl == 'shift':
-    return conv_shift(x, kernel, strides, padding)
+    return conv_shift(x, kernel, strides, padding, policy)
   if impl == 'split':
-    return conv_split(x, kernel, strides, padding, groups)
+    return conv_split(x, kernel, strides, padding, groups, policy)
   if impl == 'direct':
-    return conv_direct(x, kernel, strides, padding, groups)
+    return conv_direct(x, kernel, strides, padding, groups, policy)
   if impl == 'dense':  # then as any dense conv (im2col on tiny maps, where XLA:CPU is slow)
-    return conv(x, block_diagonal_kernel(kernel, groups), strides, padding, 1, 'auto')
+    return conv(x, block_diagonal_kernel(kernel, groups), strides, padding, 1, 'auto', policy)
   return conv_xla(x, kernel, strides, padding, groups)

@@ -8,9 +8,10 @@ convolutions of ResNets 1.1-2x faster forward and 1.5-3x faster forward + backwa
 matmuls, where it is fast) by appending `CPU_CONV_FLAG` to XLA_FLAGS. `import senet_jax` calls
 it, so a program that imports senet_jax before its first JAX computation runs as fast as
 `main.py` (XLA reads XLA_FLAGS when JAX starts its backend, not at `import jax`); imported
-later, it warns once that the flag could not be applied. `conv_impls` reads `cpu_conv_engine()`
-to pick the fastest formulation for the engine actually in use, so such a program (or one that
-sets its own `xla_cpu_experimental_ynn_fusion_type`) is still correct.
+later, it warns once that the flag could not be applied. `ops.select_conv_policy()` reads
+`cpu_conv_engine()` (once per model, in `create_model`) to pick the fastest formulations for
+the engine actually in use, so such a program (or one that sets its own
+`xla_cpu_experimental_ynn_fusion_type`) is still correct.
 Opt out with SENET_NO_XLA_FLAGS=1.
 """
 from __future__ import annotations
