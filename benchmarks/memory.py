@@ -4,12 +4,17 @@ Three tables (nothing is executed except the small timing run):
   state:   bytes of the train state (params, batch_stats, optimizer slots, EMA) per device,
            replicated vs sharded over fsdp=N by training/sharding.py's rule (no compile);
   compile: XLA's memory analysis of the jitted train step (arguments, outputs, temporaries)
-           at a small per-device batch for replicated / fsdp / block remat, and the largest
-           per-device batch that fits 16 / 32 / 80 / 141 GiB, extrapolating the temporaries
-           linearly from two batch sizes;
+           at a small per-device batch for replicated / fsdp / fsdp with block or stage remat,
+           and the largest per-device batch that fits 16 / 32 / 80 / 141 GiB, extrapolating
+           the temporaries linearly from two batch sizes;
   time:    step time with and without remat, side by side in one run on a small model.
 
   python benchmarks/memory.py --devices 8 --tables state,compile,time
+
+Modes: replicated | fsdp, optionally +block or +stage (remat), e.g. fsdp+stage.
+--scheduler picks XLA:CPU's HLO scheduler: its default (concurrency-optimised) ignores memory,
+so rematerialisation does not lower the CPU peak; 'memory' (the default here) schedules for
+memory as TPU/GPU compilers do (README, Pod scale).
 
 Inputs are abstract (jax.ShapeDtypeStruct), so no full-size array is ever allocated; bf16
 compute as in the EfficientNet recipes. XLA:CPU's accounting is a proxy for a TPU/GPU's: see
@@ -35,14 +40,23 @@ def _parse():
   p.add_argument('--models', default=','.join(f'{m}@{r}' for m, r in MODELS))
   p.add_argument('--state_devices', default='8,64', help='fsdp sizes for the state table')
   p.add_argument('--batches', default='1,2', help='two per-device batches to extrapolate from')
-  p.add_argument('--modes', default='replicated,fsdp,fsdp+remat')
+  p.add_argument('--modes', default='replicated,fsdp,fsdp+block,fsdp+stage')
+  p.add_argument('--scheduler', default='memory', choices=sorted(SCHEDULERS),
+                 help="XLA:CPU's HLO scheduler")
   return p.parse_args()
+
+
+SCHEDULERS = {'memory': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
+              'concurrency': 'CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED', 'default': None}
 
 
 ARGS = _parse() if __name__ == '__main__' else None
 if ARGS is not None:  # the device count must be set before JAX initialises
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              f' --xla_force_host_platform_device_count={ARGS.devices}')
+  if SCHEDULERS[ARGS.scheduler]:
+    os.environ['XLA_FLAGS'] += f' --xla_cpu_scheduler_type={SCHEDULERS[ARGS.scheduler]}'
+
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -80,11 +94,22 @@ def state_bytes(state, fsdp: int) -> int:
   total = 0
   for path, x in jax.tree_util.tree_leaves_with_path(state):
     top = getattr(path[0], 'name', None)
-    spec = (P() if top in sharding.UNSHARDED_FIELDS else sharding.fsdp_spec(x.shape, fsdp))
-    shard = [d // fsdp if s == 'fsdp' else d for d, s in zip(x.shape, tuple(spec) +
-                                                               (None,) * x.ndim)]
+    splits = ((1,) * x.ndim if top in sharding.UNSHARDED_FIELDS else
+              sharding.fsdp_splits(x.shape, fsdp))
+    shard = [d // s for d, s in zip(x.shape, splits)]
     total += int(np.prod(shard, dtype=np.int64)) * np.dtype(x.dtype).itemsize
   return total
+
+
+def worst_leaves(state, fsdp: int, top: int = 3) -> str:
+  """The leaves (of params) furthest from a 1/fsdp split: why a model misses the target."""
+  rows = []
+  for path, x in jax.tree_util.tree_leaves_with_path(state.params):
+    ways = int(np.prod(sharding.fsdp_splits(x.shape, fsdp)))
+    if ways < fsdp:
+      rows.append((x.size * (1 / ways - 1 / fsdp), jax.tree_util.keystr(path), x.shape, ways))
+  rows.sort(reverse=True)
+  return '; '.join(f'{p} {tuple(s)} {w}-way' for _, p, s, w in rows[:top])
 
 
 def state_table(models, sizes) -> None:
@@ -100,14 +125,17 @@ def state_table(models, sizes) -> None:
       b = state_bytes(state, n)
       cells.append(f'{b / GIB:.3f} | {b * n / full:.3f}')
     print(f'| {name} | {res} | {full / GIB:.3f} | ' + ' | '.join(cells) + ' |', flush=True)
+    for n in sizes:
+      print(f'  fsdp={n} furthest from 1/{n}: {worst_leaves(state, n) or "none"}', flush=True)
 
 
 def compile_step(name, res, mode, per_device_batch):
   """XLA memory analysis (per device) of the train step for one mode and batch."""
   n = jax.device_count()
-  fsdp = n if 'fsdp' in mode else 1
+  fsdp = n if mode.startswith('fsdp') else 1
   mesh = sharding.make_mesh(n // fsdp, fsdp)
-  config = make_config(name, remat='block' if 'remat' in mode else 'none')
+  remat = mode.split('+')[1] if '+' in mode else 'none'
+  config = make_config(name, remat='block' if remat == 'remat' else remat)
   model, opt, schedule, state = abstract_setup(name, res, config)
   shardings = sharding.state_shardings(state, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
@@ -149,7 +177,7 @@ def compile_table(models, modes, batches) -> None:
 
 
 def time_table(name='efficientnet_b0', res=96, batch=16, steps_=5) -> None:
-  """Step time with and without block remat, interleaved in one run (CPU, float32)."""
+  """Step time without remat and with block / stage remat, interleaved in one run (CPU, f32)."""
   from senet_jax.training.state import create_sharded_state
   mesh = sharding.make_mesh(-1, 1, jax.devices()[:1])
   rng = np.random.RandomState(0)
@@ -157,7 +185,7 @@ def time_table(name='efficientnet_b0', res=96, batch=16, steps_=5) -> None:
           'label': jnp.asarray(rng.randint(0, 1000, batch), jnp.int32),
           'mask': jnp.ones((batch,), jnp.float32)}
   runs = {}
-  for remat in ('none', 'block'):
+  for remat in ('none', 'block', 'stage'):
     config = make_config(name, remat)
     config.update(dict(dtype='float32'))
     model = create_model(name)
@@ -176,9 +204,10 @@ def time_table(name='efficientnet_b0', res=96, batch=16, steps_=5) -> None:
       jax.block_until_ready(run[1])
       run[2].append(time.perf_counter() - t0)
   base = np.median(runs['none'][2])
-  print(f'\n{name}@{res} batch {batch}, CPU float32, median of {steps_} steps: '
-        f'no remat {base * 1e3:.0f} ms, block remat {np.median(runs["block"][2]) * 1e3:.0f} ms'
-        f' (x{np.median(runs["block"][2]) / base:.2f})')
+  print(f'\n{name}@{res} batch {batch}, CPU float32, median of {steps_} interleaved steps: '
+        f'no remat {base * 1e3:.0f} ms, ' + ', '.join(
+            f'{r} remat {np.median(runs[r][2]) * 1e3:.0f} ms (x{np.median(runs[r][2]) / base:.2f})'
+            for r in ('block', 'stage')))
 
 
 def main():
