@@ -7,9 +7,16 @@ Three tables (nothing is executed except the small timing run):
            at a small per-device batch for replicated / fsdp / fsdp with block or stage remat,
            and the largest per-device batch that fits 16 / 32 / 80 / 141 GiB, extrapolating
            the temporaries linearly from two batch sizes;
+  residuals: bytes per image that the forward pass saves for the backward pass (the residuals
+           of jax.vjp, from jax.eval_shape: no compile, independent of any XLA scheduler) without
+           remat and with block / stage remat, plus the largest region's own residuals (what
+           recomputing it holds at once), and the largest per-device batch for which these,
+           the state and two params-sized buffers (gradients, update) fit 16 / 32 / 80 /
+           141 GiB (an estimate: XLA's other temporaries are not counted);
   time:    step time with and without remat, side by side in one run on a small model.
 
   python benchmarks/memory.py --devices 8 --tables state,compile,time
+  python benchmarks/memory.py --devices 1 --tables residuals --models efficientnet_b7@600
 
 Modes: replicated | fsdp, optionally +block or +stage (remat), e.g. fsdp+stage.
 --scheduler picks XLA:CPU's HLO scheduler: its default (concurrency-optimised) ignores memory,
@@ -67,7 +74,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from configs import default  # noqa: E402
 from senet_jax.models import create_model  # noqa: E402
-from senet_jax.training import optim, sharding, steps  # noqa: E402
+from senet_jax.training import optim, remat as remat_lib, sharding, steps  # noqa: E402
 from senet_jax.training.state import init_train_state  # noqa: E402
 
 
@@ -176,6 +183,92 @@ def compile_table(models, modes, batches) -> None:
             flush=True)
 
 
+def _residual_bytes(fn, diff, *rest) -> int:
+  """Bytes of the values the forward pass of `fn(diff, *rest)` saves for its backward (jax.vjp
+  with respect to the pytree `diff`), from abstract shapes."""
+  def saved(d, *r):
+    return jax.tree.leaves(jax.vjp(lambda x: fn(x, *r), d)[1])
+  out = jax.eval_shape(saved, diff, *rest)
+  return sum(int(np.prod(x.shape, dtype=np.int64)) * x.dtype.itemsize for x in out)
+
+
+def residuals_per_image(name, res, mode, policy='nothing'):
+  """Per image: (bytes the forward saves for the backward, the largest remat region's own
+  saved values = the working set its recomputation needs), from batches 1 and 2 (so that the
+  weights the backward reads, the same buffers as the params, cancel out)."""
+  config = make_config(name, mode)
+  model, _, _, state = abstract_setup(name, res, config)
+
+  def forward(params, stats, image):
+    return model.apply({'params': params, 'batch_stats': stats}, image, train=True,
+                       mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})[0]
+  loss = lambda p, s, x: jnp.mean(remat_lib.rematerialize(forward, mode, policy)(p, s, x)
+                                  .astype(jnp.float32))
+  saved, work = [], []
+  for b in (1, 2):
+    args = (state.params, state.batch_stats, jax.ShapeDtypeStruct((b, res, res, 3),
+                                                                  jnp.bfloat16))
+    saved.append(_residual_bytes(loss, *args))  # with respect to the params
+    work.append(0 if mode == 'none' else max(_region_sizes(forward, mode, args)))
+  return saved[1] - saved[0], work[1] - work[0]
+
+
+def _region_sizes(forward, mode, args):
+  """Saved-value bytes of each remat region (block: every block; stage: every stage) when
+  differentiated without remat: what recomputing that region holds at once."""
+  def tagged(*a):
+    with remat_lib.nn.intercept_methods(remat_lib._block_tagger):
+      return forward(*a)
+  closed = jax.make_jaxpr(tagged)(*args)
+  eqns = closed.jaxpr.eqns
+  if mode == 'stage':
+    ends = remat_lib._stage_ends(eqns)
+  else:
+    ends = [i for i, e in enumerate(eqns) if e.primitive.name == 'name'][:-1]
+  sizes = []
+  for piece_eqns, inputs, outputs in remat_lib._segments(closed.jaxpr, ends):
+    piece = remat_lib.jax_core.ClosedJaxpr(closed.jaxpr.replace(
+        constvars=[], invars=inputs, outvars=outputs, eqns=piece_eqns), [])
+    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in inputs]
+    inexact = [jnp.issubdtype(a.dtype, jnp.inexact) for a in avals]
+
+    def fn(diff, other, p=piece, inexact=inexact):
+      d, o = iter(diff), iter(other)
+      outs = remat_lib.jax_core.jaxpr_as_fun(p)(*[next(d) if f else next(o) for f in inexact])
+      return sum(jnp.sum(y.astype(jnp.float32)) for y in outs
+                 if jnp.issubdtype(y.dtype, jnp.inexact))
+    sizes.append(_residual_bytes(fn, [a for a, f in zip(avals, inexact) if f],
+                                 [a for a, f in zip(avals, inexact) if not f]))
+  return sizes
+
+
+def residuals_table(models, fsdp_sizes=(1, 8)) -> None:
+  """Residual bytes per image for none / block / stage remat and the batch they allow."""
+  print('\nper image (bf16 compute): saved = what the forward keeps for the backward, work = '
+        'the largest region recomputed at once; fits = largest per-device batch with (saved + '
+        'work) per image + state + 2 x params (gradients, update) in ' +
+        '/'.join(map(str, BUDGETS_GIB)) + ' GiB; replicated | fsdp=' +
+        ','.join(map(str, fsdp_sizes[1:])))
+  print('| model | res | remat | saved MiB | work MiB | x less | fits (replicated) | ' +
+        ' | '.join(f'fits (fsdp={n})' for n in fsdp_sizes[1:]) + ' |')
+  print('|---|---|---|---|---|---|---|' + '---|' * (len(fsdp_sizes) - 1))
+  for name, res in models:
+    state = abstract_setup(name, res, make_config(name))[3]
+    base = None
+    for mode in ('none', 'block', 'stage'):
+      saved, work = residuals_per_image(name, res, mode)
+      per_image = saved + work
+      base = base or per_image
+      cells = []
+      for n in fsdp_sizes:
+        fixed = state_bytes(state, n) + 2 * state_bytes(state.params, n)
+        cells.append('/'.join(str(max(int((g * GIB - fixed) // per_image), 0))
+                              for g in BUDGETS_GIB))
+      print(f'| {name} | {res} | {mode} | {saved / 2**20:.0f} | {work / 2**20:.0f} | '
+            f'{base / per_image:.1f} | ' +
+            ' | '.join(cells) + ' |', flush=True)
+
+
 def time_table(name='efficientnet_b0', res=96, batch=16, steps_=5) -> None:
   """Step time without remat and with block / stage remat, interleaved in one run (CPU, f32)."""
   from senet_jax.training.state import create_sharded_state
@@ -218,6 +311,8 @@ def main():
     state_table(models, [int(n) for n in args.state_devices.split(',')])
   if 'compile' in tables:
     compile_table(models, args.modes.split(','), [int(b) for b in args.batches.split(',')])
+  if 'residuals' in tables:
+    residuals_table(models)
   if 'time' in tables:
     time_table()
 
