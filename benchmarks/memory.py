@@ -4,12 +4,25 @@ Three tables (nothing is executed except the small timing run):
   state:   bytes of the train state (params, batch_stats, optimizer slots, EMA) per device,
            replicated vs sharded over fsdp=N by training/sharding.py's rule (no compile);
   compile: XLA's memory analysis of the jitted train step (arguments, outputs, temporaries)
-           at a small per-device batch for replicated / fsdp / block remat, and the largest
-           per-device batch that fits 16 / 32 / 80 / 141 GiB, extrapolating the temporaries
-           linearly from two batch sizes;
+           at a small per-device batch for replicated / fsdp / fsdp with block or stage remat,
+           and the largest per-device batch that fits 16 / 32 / 80 / 141 GiB, extrapolating
+           the temporaries linearly from two batch sizes;
+  residuals: bytes per image that the forward pass saves for the backward pass (the residuals
+           of jax.vjp, from jax.eval_shape: no compile, independent of any XLA scheduler) without
+           remat and with block / stage remat, plus the largest region's own residuals (what
+           recomputing it holds at once), and the largest per-device batch for which these,
+           the state and two params-sized buffers (gradients, update) fit 16 / 32 / 80 /
+           141 GiB (an estimate: XLA's other temporaries are not counted);
   time:    step time with and without remat, side by side in one run on a small model.
 
   python benchmarks/memory.py --devices 8 --tables state,compile,time
+  python benchmarks/memory.py --devices 1 --tables residuals --models efficientnet_b7@600
+
+Modes: replicated | fsdp, optionally +block or +stage (remat), e.g. fsdp+stage.
+--scheduler picks XLA:CPU's HLO scheduler (xla_cpu_scheduler_type). Neither its default nor
+'memory' makes the CPU temporaries show what remat saves (README, Pod scale: a 16-layer toy
+whose backward needs >= 64 MiB of saved activations reports 9 MiB of temporaries), which is
+why the `residuals` table counts the saved values from shapes instead.
 
 Inputs are abstract (jax.ShapeDtypeStruct), so no full-size array is ever allocated; bf16
 compute as in the EfficientNet recipes. XLA:CPU's accounting is a proxy for a TPU/GPU's: see
@@ -35,14 +48,23 @@ def _parse():
   p.add_argument('--models', default=','.join(f'{m}@{r}' for m, r in MODELS))
   p.add_argument('--state_devices', default='8,64', help='fsdp sizes for the state table')
   p.add_argument('--batches', default='1,2', help='two per-device batches to extrapolate from')
-  p.add_argument('--modes', default='replicated,fsdp,fsdp+remat')
+  p.add_argument('--modes', default='replicated,fsdp,fsdp+block,fsdp+stage')
+  p.add_argument('--scheduler', default='default', choices=sorted(SCHEDULERS),
+                 help="XLA:CPU's HLO scheduler")
   return p.parse_args()
+
+
+SCHEDULERS = {'memory': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
+              'concurrency': 'CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED', 'default': None}
 
 
 ARGS = _parse() if __name__ == '__main__' else None
 if ARGS is not None:  # the device count must be set before JAX initialises
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              f' --xla_force_host_platform_device_count={ARGS.devices}')
+  if SCHEDULERS[ARGS.scheduler]:
+    os.environ['XLA_FLAGS'] += f' --xla_cpu_scheduler_type={SCHEDULERS[ARGS.scheduler]}'
+
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,7 +75,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from configs import default  # noqa: E402
 from senet_jax.models import create_model  # noqa: E402
-from senet_jax.training import optim, sharding, steps  # noqa: E402
+from senet_jax.training import optim, remat as remat_lib, sharding, steps  # noqa: E402
 from senet_jax.training.state import init_train_state  # noqa: E402
 
 
@@ -80,11 +102,22 @@ def state_bytes(state, fsdp: int) -> int:
   total = 0
   for path, x in jax.tree_util.tree_leaves_with_path(state):
     top = getattr(path[0], 'name', None)
-    spec = (P() if top in sharding.UNSHARDED_FIELDS else sharding.fsdp_spec(x.shape, fsdp))
-    shard = [d // fsdp if s == 'fsdp' else d for d, s in zip(x.shape, tuple(spec) +
-                                                               (None,) * x.ndim)]
+    splits = ((1,) * x.ndim if top in sharding.UNSHARDED_FIELDS else
+              sharding.fsdp_splits(x.shape, fsdp))
+    shard = [d // s for d, s in zip(x.shape, splits)]
     total += int(np.prod(shard, dtype=np.int64)) * np.dtype(x.dtype).itemsize
   return total
+
+
+def worst_leaves(state, fsdp: int, top: int = 3) -> str:
+  """The leaves (of params) furthest from a 1/fsdp split: why a model misses the target."""
+  rows = []
+  for path, x in jax.tree_util.tree_leaves_with_path(state.params):
+    ways = int(np.prod(sharding.fsdp_splits(x.shape, fsdp)))
+    if ways < fsdp:
+      rows.append((x.size * (1 / ways - 1 / fsdp), jax.tree_util.keystr(path), x.shape, ways))
+  rows.sort(reverse=True)
+  return '; '.join(f'{p} {tuple(s)} {w}-way' for _, p, s, w in rows[:top])
 
 
 def state_table(models, sizes) -> None:
@@ -100,14 +133,17 @@ def state_table(models, sizes) -> None:
       b = state_bytes(state, n)
       cells.append(f'{b / GIB:.3f} | {b * n / full:.3f}')
     print(f'| {name} | {res} | {full / GIB:.3f} | ' + ' | '.join(cells) + ' |', flush=True)
+    for n in sizes:
+      print(f'  fsdp={n} furthest from 1/{n}: {worst_leaves(state, n) or "none"}', flush=True)
 
 
 def compile_step(name, res, mode, per_device_batch):
   """XLA memory analysis (per device) of the train step for one mode and batch."""
   n = jax.device_count()
-  fsdp = n if 'fsdp' in mode else 1
+  fsdp = n if mode.startswith('fsdp') else 1
   mesh = sharding.make_mesh(n // fsdp, fsdp)
-  config = make_config(name, remat='block' if 'remat' in mode else 'none')
+  remat = mode.split('+')[1] if '+' in mode else 'none'
+  config = make_config(name, remat='block' if remat == 'remat' else remat)
   model, opt, schedule, state = abstract_setup(name, res, config)
   shardings = sharding.state_shardings(state, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
@@ -148,8 +184,94 @@ def compile_table(models, modes, batches) -> None:
             flush=True)
 
 
+def _residual_bytes(fn, diff, *rest) -> int:
+  """Bytes of the values the forward pass of `fn(diff, *rest)` saves for its backward (jax.vjp
+  with respect to the pytree `diff`), from abstract shapes."""
+  def saved(d, *r):
+    return jax.tree.leaves(jax.vjp(lambda x: fn(x, *r), d)[1])
+  out = jax.eval_shape(saved, diff, *rest)
+  return sum(int(np.prod(x.shape, dtype=np.int64)) * x.dtype.itemsize for x in out)
+
+
+def residuals_per_image(name, res, mode, policy='nothing'):
+  """Per image: (bytes the forward saves for the backward, the largest remat region's own
+  saved values = the working set its recomputation needs), from batches 1 and 2 (so that the
+  weights the backward reads, the same buffers as the params, cancel out)."""
+  config = make_config(name, mode)
+  model, _, _, state = abstract_setup(name, res, config)
+
+  def forward(params, stats, image):
+    return model.apply({'params': params, 'batch_stats': stats}, image, train=True,
+                       mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})[0]
+  loss = lambda p, s, x: jnp.mean(remat_lib.rematerialize(forward, mode, policy)(p, s, x)
+                                  .astype(jnp.float32))
+  saved, work = [], []
+  for b in (1, 2):
+    args = (state.params, state.batch_stats, jax.ShapeDtypeStruct((b, res, res, 3),
+                                                                  jnp.bfloat16))
+    saved.append(_residual_bytes(loss, *args))  # with respect to the params
+    work.append(0 if mode == 'none' else max(_region_sizes(forward, mode, args)))
+  return saved[1] - saved[0], work[1] - work[0]
+
+
+def _region_sizes(forward, mode, args):
+  """Saved-value bytes of each remat region (block: every block; stage: every stage) when
+  differentiated without remat: what recomputing that region holds at once."""
+  def tagged(*a):
+    with remat_lib.nn.intercept_methods(remat_lib._block_tagger):
+      return forward(*a)
+  closed = jax.make_jaxpr(tagged)(*args)
+  eqns = closed.jaxpr.eqns
+  if mode == 'stage':
+    ends = remat_lib._stage_ends(eqns)
+  else:
+    ends = [i for i, e in enumerate(eqns) if e.primitive.name == 'name'][:-1]
+  sizes = []
+  for piece_eqns, inputs, outputs in remat_lib._segments(closed.jaxpr, ends):
+    piece = remat_lib.jax_core.ClosedJaxpr(closed.jaxpr.replace(
+        constvars=[], invars=inputs, outvars=outputs, eqns=piece_eqns), [])
+    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in inputs]
+    inexact = [jnp.issubdtype(a.dtype, jnp.inexact) for a in avals]
+
+    def fn(diff, other, p=piece, inexact=inexact):
+      d, o = iter(diff), iter(other)
+      outs = remat_lib.jax_core.jaxpr_as_fun(p)(*[next(d) if f else next(o) for f in inexact])
+      return sum(jnp.sum(y.astype(jnp.float32)) for y in outs
+                 if jnp.issubdtype(y.dtype, jnp.inexact))
+    sizes.append(_residual_bytes(fn, [a for a, f in zip(avals, inexact) if f],
+                                 [a for a, f in zip(avals, inexact) if not f]))
+  return sizes
+
+
+def residuals_table(models, fsdp_sizes=(1, 8)) -> None:
+  """Residual bytes per image for none / block / stage remat and the batch they allow."""
+  print('\nper image (bf16 compute): saved = what the forward keeps for the backward, work = '
+        'the largest region recomputed at once; fits = largest per-device batch with (saved + '
+        'work) per image + state + 2 x params (gradients, update) in ' +
+        '/'.join(map(str, BUDGETS_GIB)) + ' GiB; replicated | fsdp=' +
+        ','.join(map(str, fsdp_sizes[1:])))
+  print('| model | res | remat | saved MiB | work MiB | x less | fits (replicated) | ' +
+        ' | '.join(f'fits (fsdp={n})' for n in fsdp_sizes[1:]) + ' |')
+  print('|---|---|---|---|---|---|---|' + '---|' * (len(fsdp_sizes) - 1))
+  for name, res in models:
+    state = abstract_setup(name, res, make_config(name))[3]
+    base = None
+    for mode in ('none', 'block', 'stage'):
+      saved, work = residuals_per_image(name, res, mode)
+      per_image = saved + work
+      base = base or per_image
+      cells = []
+      for n in fsdp_sizes:
+        fixed = state_bytes(state, n) + 2 * state_bytes(state.params, n)
+        cells.append('/'.join(str(max(int((g * GIB - fixed) // per_image), 0))
+                              for g in BUDGETS_GIB))
+      print(f'| {name} | {res} | {mode} | {saved / 2**20:.0f} | {work / 2**20:.0f} | '
+            f'{base / per_image:.1f} | ' +
+            ' | '.join(cells) + ' |', flush=True)
+
+
 def time_table(name='efficientnet_b0', res=96, batch=16, steps_=5) -> None:
-  """Step time with and without block remat, interleaved in one run (CPU, float32)."""
+  """Step time without remat and with block / stage remat, interleaved in one run (CPU, f32)."""
   from senet_jax.training.state import create_sharded_state
   mesh = sharding.make_mesh(-1, 1, jax.devices()[:1])
   rng = np.random.RandomState(0)
@@ -157,7 +279,7 @@ def time_table(name='efficientnet_b0', res=96, batch=16, steps_=5) -> None:
           'label': jnp.asarray(rng.randint(0, 1000, batch), jnp.int32),
           'mask': jnp.ones((batch,), jnp.float32)}
   runs = {}
-  for remat in ('none', 'block'):
+  for remat in ('none', 'block', 'stage'):
     config = make_config(name, remat)
     config.update(dict(dtype='float32'))
     model = create_model(name)
@@ -176,9 +298,10 @@ def time_table(name='efficientnet_b0', res=96, batch=16, steps_=5) -> None:
       jax.block_until_ready(run[1])
       run[2].append(time.perf_counter() - t0)
   base = np.median(runs['none'][2])
-  print(f'\n{name}@{res} batch {batch}, CPU float32, median of {steps_} steps: '
-        f'no remat {base * 1e3:.0f} ms, block remat {np.median(runs["block"][2]) * 1e3:.0f} ms'
-        f' (x{np.median(runs["block"][2]) / base:.2f})')
+  print(f'\n{name}@{res} batch {batch}, CPU float32, median of {steps_} interleaved steps: '
+        f'no remat {base * 1e3:.0f} ms, ' + ', '.join(
+            f'{r} remat {np.median(runs[r][2]) * 1e3:.0f} ms (x{np.median(runs[r][2]) / base:.2f})'
+            for r in ('block', 'stage')))
 
 
 def main():
@@ -189,6 +312,8 @@ def main():
     state_table(models, [int(n) for n in args.state_devices.split(',')])
   if 'compile' in tables:
     compile_table(models, args.modes.split(','), [int(b) for b in args.batches.split(',')])
+  if 'residuals' in tables:
+    residuals_table(models)
   if 'time' in tables:
     time_table()
 

@@ -128,9 +128,10 @@ def get_config() -> ml_collections.ConfigDict:
   # ~1/mesh_fsdp). mesh_fsdp=1 is plain data parallelism with a replicated state.
   config.mesh_data = -1
   config.mesh_fsdp = 1
-  # Rematerialisation (training/remat.py): 'none' or 'block' (recompute each block's interior
-  # in the backward pass); remat_policy 'nothing' (save nothing inside a block) or 'conv' (keep
-  # convolution outputs, recompute only BN / activations / SE).
+  # Rematerialisation (training/remat.py): 'none', 'block' (recompute each block's interior
+  # in the backward pass) or 'stage' (keep only each stage's input); remat_policy 'nothing'
+  # (save nothing inside a region) or 'conv' (keep convolution outputs, recompute only BN /
+  # activations / SE).
   config.remat = 'none'
   config.remat_policy = 'nothing'
 

@@ -81,7 +81,7 @@ BAD_VALUES = {
     'lr_poly_power': [0.0, 'two'],
     'mesh_data': [-2, 0, 1.5],
     'mesh_fsdp': [-3, 'all'],
-    'remat': ['stage', True],
+    'remat': ['stages', True],
     'remat_policy': ['everything'],
 }
 

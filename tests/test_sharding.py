@@ -57,24 +57,56 @@ def test_validate_config_rejects_bad_meshes_before_compute(tmp_path, digits_dir)
                           eval_split='test', num_classes=10, image_size=32), str(tmp_path), 8, 1)
 
 
-@pytest.mark.parametrize('shape,size,spec', [
-    ((3, 3, 64, 128), 8, P(None, None, None, 'fsdp')),  # largest dim: output channels
-    ((3, 3, 256, 128), 8, P(None, None, 'fsdp', None)),  # largest dim: input channels
-    ((2048, 1000), 8, P('fsdp', None)),                  # classifier kernel
-    ((1000,), 8, P('fsdp')),                              # 1000 = 8 * 125
-    ((1000,), 16, P(None)),                               # not divisible: replicated
-    ((3, 3, 1, 36), 8, P(None, None, None, None)),        # 36 = 8 * 4.5: replicated
-    ((3, 3, 1, 36), 4, P(None, None, None, 'fsdp')),
-    ((7, 7, 3, 64), 1, P(None, None, None, None)),        # fsdp=1: everything replicated
-    ((), 8, P()),                                         # scalars (step counts)
+F8 = ('fsdp_0', 'fsdp_1', 'fsdp_2')  # fsdp=8 is laid out as three mesh axes of 2
+
+
+@pytest.mark.parametrize('shape,size,splits', [
+    ((3, 3, 64, 128), 8, (1, 1, 1, 8)),         # largest dim: output channels
+    ((3, 3, 256, 128), 8, (1, 1, 8, 1)),        # largest dim: input channels
+    ((2048, 1000), 8, (8, 1)),                  # classifier kernel
+    ((1000,), 8, (8,)),                         # 1000 = 8 * 125
+    ((1000,), 16, (8,)),                        # not divisible: the 8 of 16 that divide it
+    ((3, 3, 1, 36), 8, (1, 1, 1, 4)),           # 36 = 4 * 9: 4-way, replicated over a 2
+    ((3, 3, 1, 36), 4, (1, 1, 1, 4)),
+    ((7, 7, 3, 64), 1, (1, 1, 1, 1)),           # fsdp=1: everything replicated
+    ((), 8, ()),                                # scalars (step counts)
+    ((3, 3, 1, 35), 8, (1, 1, 1, 1)),           # no factor of 8 divides 35: replicated
+    ((12, 18), 12, (12, 1)),                    # one dim divisible by N beats splitting 18
+    # EfficientNet-B8 widths at fsdp=64 (= 2^6): no dim is divisible by 64, so the dims,
+    # largest first, take the powers of two that divide them: 2544 = 16 * 159, 424 = 8 * 53.
+    ((1, 1, 2544, 424), 64, (1, 1, 16, 4)),     # 64-way over two dims
+    ((1, 1, 2544, 106), 64, (1, 1, 16, 2)),     # 106 = 2 * 53: 32-way, the best even split
+    ((5, 5, 1, 2544), 64, (1, 1, 1, 16)),       # depthwise kernel
 ])
-def test_fsdp_rule_by_hand(shape, size, spec):
+def test_fsdp_rule_by_hand(shape, size, splits):
+  assert sharding.fsdp_splits(shape, size) == splits
+
+
+@pytest.mark.parametrize('shape,size,spec', [
+    ((3, 3, 64, 128), 8, P(None, None, None, F8)),
+    ((2048, 1000), 8, P(F8, None)),
+    ((1000,), 16, P(('fsdp_0', 'fsdp_1', 'fsdp_2'))),
+    ((3, 3, 1, 36), 8, P(None, None, None, ('fsdp_0', 'fsdp_1'))),
+    ((2544, 106), 64, P(('fsdp_0', 'fsdp_1', 'fsdp_2', 'fsdp_3'), 'fsdp_4')),
+    ((3, 3, 64, 9), 3, P(None, None, None, 'fsdp')),  # a prime size stays one axis 'fsdp'
+    ((7, 7, 3, 64), 1, P(None, None, None, None)),
+    ((), 8, P()),
+])
+def test_fsdp_spec_names_the_factored_mesh_axes(shape, size, spec):
   assert sharding.fsdp_spec(shape, size) == spec
+
+
+def test_fsdp_axis_is_factored_into_primes():
+  assert sharding.fsdp_factors(1) == (('fsdp',), (1,))
+  assert sharding.fsdp_factors(7) == (('fsdp',), (7,))
+  assert sharding.fsdp_factors(8) == (F8, (2, 2, 2))
+  assert sharding.fsdp_factors(12) == (('fsdp_0', 'fsdp_1', 'fsdp_2'), (2, 2, 3))
+  assert sharding.fsdp_factors(64)[1] == (2,) * 6
 
 
 def test_fsdp_rule_keeps_small_leaves_replicated_below_min_size():
   assert sharding.fsdp_spec((64,), 8, min_size=1024) == P(None)
-  assert sharding.fsdp_spec((64, 64), 8, min_size=1024) == P(None, 'fsdp')
+  assert sharding.fsdp_spec((64, 64), 8, min_size=1024) == P(None, F8)
 
 
 def _run_helper(*args):
@@ -93,14 +125,15 @@ def _check_equal_to_data_parallel(result, name):
 
 
 def _check_specs(specs):
-  # Hand-written expectations for the tiny SE-ResNet-18 (widths 8/16/16/32, 10 classes).
-  assert specs[".params['conv1']['kernel']"] == [[7, 7, 3, 8], [None, None, None, 'fsdp']]
-  assert specs[".params['fc']['kernel']"] == [[32, 10], ['fsdp', None]]
-  assert specs[".params['fc']['bias']"] == [[10], [None]]  # 10 % 8 != 0: replicated
+  # Hand-written expectations for the tiny SE-ResNet-18 (widths 8/16/16/32, 10 classes):
+  # [shape, ways each dimension is split] (the mesh axes behind them: test_fsdp_spec_*).
+  assert specs[".params['conv1']['kernel']"] == [[7, 7, 3, 8], [1, 1, 1, 8]]
+  assert specs[".params['fc']['kernel']"] == [[32, 10], [8, 1]]
+  assert specs[".params['fc']['bias']"] == [[10], [2]]  # 10 = 2 * 5: 2 of the 8 ways
   assert specs[".params['layer1_0']['se']['reduce']['kernel']"] == [[1, 1, 8, 1],
-                                                                   [None, None, 'fsdp', None]]
-  assert specs[".batch_stats['bn1']['mean']"] == [[8], ['fsdp']]
-  assert specs['.step'] == [[], []] and specs['.rng'][1] == []
+                                                                   [1, 1, 8, 1]]
+  assert specs[".batch_stats['bn1']['mean']"] == [[8], [8]]
+  assert specs['.step'] == [[], []] and set(specs['.rng'][1]) <= {1}  # never split
   # Optimizer state and EMA leaves follow their parameter's sharding.
   for path, (shape, spec) in specs.items():
     if path.startswith('.params'):

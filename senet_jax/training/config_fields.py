@@ -219,7 +219,7 @@ FIELDS: dict[str, Checker] = {
     'lr_poly_power': number(0, lo_open=True),
     'mesh_data': mesh_axis,                     # divisibility checked in validate_mesh
     'mesh_fsdp': mesh_axis,
-    'remat': choice('none', 'block'),
+    'remat': choice('none', 'block', 'stage'),
     'remat_policy': choice('nothing', 'conv'),
 }
 

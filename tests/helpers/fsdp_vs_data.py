@@ -1,6 +1,6 @@
 """Two train steps of a tiny SE-ResNet on 8 simulated CPU devices with the mesh data=8 (fsdp=1),
 fsdp=8 and data=2 x fsdp=4, same global batch; prints JSON with the max differences to data=8
-and every state leaf's shape and PartitionSpec under fsdp=8. Needs
+and every state leaf's shape and how many ways each dimension is split under fsdp=8. Needs
 XLA_FLAGS=--xla_force_host_platform_device_count=8 (set by the test). argv[1]: optimizer,
 argv[2]: comma-separated meshes to compare (default: both)."""
 import json
@@ -31,7 +31,8 @@ def run(mesh_shape, batch, config):
   batch = jax.device_put(batch, sharding.batch_sharding(mesh))
   for _ in range(2):
     state, metrics = step(state, batch)
-  specs = {jax.tree_util.keystr(path): [list(x.shape), [a for a in x.sharding.spec]]
+  specs = {jax.tree_util.keystr(path): [list(x.shape), [d // s for d, s in zip(
+      x.shape, x.sharding.shard_shape(x.shape))]]
            for path, x in jax.tree_util.tree_leaves_with_path(state)}
   return jax.device_get(state), float(metrics.loss.compute()), specs
 
