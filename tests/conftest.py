@@ -48,6 +48,12 @@ def init_variables(model, size=32, batch=2, train=False, seed=0):
               train=train)
 
 
+def abstract_variables(model, size=32, batch=2):
+  """The variables' shapes and dtypes (jax.eval_shape: traced, never compiled or allocated)."""
+  x = jnp.ones((batch, size, size, 3), jnp.float32)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+
+
 def abstract_param_count(name, size=224, **overrides):
   """Parameter count of a registered model via jax.eval_shape (no compile, no allocation)."""
   model = create_model(name, **overrides)

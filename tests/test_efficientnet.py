@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (TINY_EFFICIENTNET, abstract_param_count, init_variables,
-                      params_without_gradient)
+from conftest import (TINY_EFFICIENTNET, abstract_param_count, abstract_variables,
+                      init_variables, params_without_gradient)
 from senet_jax.models import collect_excitations, create_model, efficientnet, layers
 
 # The issue / reference counts (timm tf_efficientnet_* = official TF checkpoints).
@@ -129,10 +129,10 @@ def tiny(**kw):
 
 
 def test_se_width_from_input_channels_and_wide_se():
-  params = init_variables(tiny())['params']
+  params = abstract_variables(tiny())['params']
   # Stage 3 first block: input 8 channels, expanded 48; SE width int(8 * 0.25) = 2.
   assert params['blocks_1_0']['se']['reduce']['kernel'].shape == (1, 1, 48, 2)
-  wide = init_variables(tiny(se_width_base='expanded'))['params']
+  wide = abstract_variables(tiny(se_width_base='expanded'))['params']
   assert wide['blocks_1_0']['se']['reduce']['kernel'].shape == (1, 1, 48, 12)
 
 
@@ -143,7 +143,7 @@ def test_se_can_be_removed_per_stage_and_gates_recorded():
   _, state = jax.jit(model.apply, static_argnames='mutable')(
       variables, jnp.ones((2, 32, 32, 3)), mutable=('intermediates',))
   assert list(collect_excitations(state['intermediates'])) == ['SE_2_1', 'SE_4_1']
-  no_se = init_variables(tiny(se=False))['params']
+  no_se = abstract_variables(tiny(se=False))['params']
   assert not any('se' in block for block in no_se.values() if isinstance(block, dict))
 
 
