@@ -4,7 +4,9 @@ r"""A library user's own script vs the project's benchmark path: same model, sam
     python benchmarks/plain_import.py --model=se_resnext50_32x4d --rounds=3
 
 `USER_SCRIPT` is what a timm user writes: `import senet_jax`, `create_model`, their own
-`jax.jit` training step (no main.py, no senet_jax helpers beyond the model). It runs from a
+`jax.jit` training step (no main.py, no senet_jax helpers beyond the model), with a fresh
+dropout / stochastic-depth key per step as a training loop has (a constant key would let XLA
+fold the random masks into constants and time less work). It runs from a
 temporary directory outside the checkout, with the repository on PYTHONPATH only (as after
 `pip install`), and started with no allocator or XLA_FLAGS of its own. The project's path is
 `benchmarks/train_step.py --no_torch` (what `make bench` times). The two alternate, each in a
@@ -39,22 +41,24 @@ opt = optax.sgd(0.01, momentum=0.9)
 opt_state = opt.init(params)
 
 @jax.jit
-def train_step(params, stats, opt_state, x, y):
+def train_step(params, stats, opt_state, x, y, key):
   def loss_fn(p):
     logits, new = model.apply({'params': p, 'batch_stats': stats}, x, train=True,
-                              mutable=['batch_stats'], rngs={'dropout': jax.random.key(1)})
+                              mutable=['batch_stats'], rngs={'dropout': key})
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
   (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   updates, opt_state = opt.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), new['batch_stats'], opt_state, loss
 
 t0 = time.perf_counter()
-compiled = train_step.lower(params, stats, opt_state, x, y).compile()
+key = jax.random.key(1)
+compiled = train_step.lower(params, stats, opt_state, x, y, key).compile()
 compile_s = time.perf_counter() - t0
 times = []
 for i in range(steps + 2):  # two warm-up steps
   t0 = time.perf_counter()
-  params, stats, opt_state, loss = compiled(params, stats, opt_state, x, y)
+  params, stats, opt_state, loss = compiled(params, stats, opt_state, x, y,
+                                            jax.random.fold_in(key, i))
   loss.block_until_ready()
   times.append(time.perf_counter() - t0)
 print(json.dumps({'img_s': batch / sorted(times[2:])[len(times[2:]) // 2],
