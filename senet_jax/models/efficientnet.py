@@ -114,24 +114,34 @@ def compound_scaling(phi: float, alpha: float = 1.2, beta: float = 1.1, gamma: f
   return beta ** phi, alpha ** phi, resolution
 
 
-class MBConv(nn.Module):
-  """Inverted residual: [1x1 expand, BN, act] -> depthwise kxk, BN, act -> SE -> 1x1 project, BN.
-
-  The residual (with stochastic depth) is used when stride is 1 and in == out channels.
-  `mid_channels` (None: in_channels * expand_ratio) sets the expanded width directly
-  (MobileNetV3 rounds it to a multiple of 8).
-  """
+class _InvertedResidual(nn.Module):
+  """What MBConv and Fused-MBConv share: their fields and the stochastic-depth residual."""
   in_channels: int
   out_channels: int
   kernel_size: int
   strides: int
   expand_ratio: float
   se_layer: Any = None
-  mid_channels: int | None = None
   drop_path_rate: float = 0.0
   conv: Any = layers.Conv2d
   norm: Any = nn.BatchNorm
   act: Any = nn.swish
+
+  def residual(self, x: jax.Array, shortcut: jax.Array, train: bool) -> jax.Array:
+    """x + shortcut (with stochastic depth) when stride is 1 and in == out channels, else x."""
+    if self.strides == 1 and self.in_channels == self.out_channels:
+      x = layers.DropPath(self.drop_path_rate)(x, deterministic=not train) + shortcut
+    return x
+
+
+class MBConv(_InvertedResidual):
+  """Inverted residual: [1x1 expand, BN, act] -> depthwise kxk, BN, act -> SE -> 1x1 project, BN.
+
+  The residual (with stochastic depth) is used when stride is 1 and in == out channels.
+  `mid_channels` (None: in_channels * expand_ratio) sets the expanded width directly
+  (MobileNetV3 rounds it to a multiple of 8).
+  """
+  mid_channels: int | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -146,28 +156,16 @@ class MBConv(nn.Module):
     if self.se_layer is not None:
       x = self.se_layer(name='se')(x)
     x = norm(name='bn_pwl')(self.conv(self.out_channels, 1, 1, name='conv_pwl')(x))
-    if self.strides == 1 and self.in_channels == self.out_channels:
-      x = layers.DropPath(self.drop_path_rate)(x, deterministic=not train) + shortcut
-    return x
+    return self.residual(x, shortcut, train)
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(_InvertedResidual):
   """Fused-MBConv (EfficientNetV2): kxk conv (stride, expand), BN, act -> [SE] -> 1x1 project, BN.
 
   With expand_ratio 1 the block is [SE ->] a single kxk conv, BN, act (`conv`, `bn`), as in the
   official code (released tables have no SE in fused stages). The residual (with
   stochastic depth) is used when stride is 1 and in == out channels.
   """
-  in_channels: int
-  out_channels: int
-  kernel_size: int
-  strides: int
-  expand_ratio: float
-  se_layer: Any = None
-  drop_path_rate: float = 0.0
-  conv: Any = layers.Conv2d
-  norm: Any = nn.BatchNorm
-  act: Any = nn.swish
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -185,9 +183,7 @@ class FusedMBConv(nn.Module):
       if self.se_layer is not None:
         x = self.se_layer(name='se')(x)
       x = norm(name='bn_pwl')(self.conv(self.out_channels, 1, 1, name='conv_pwl')(x))
-    if self.strides == 1 and self.in_channels == self.out_channels:
-      x = layers.DropPath(self.drop_path_rate)(x, deterministic=not train) + shortcut
-    return x
+    return self.residual(x, shortcut, train)
 
 
 class EfficientNetBase(AttentionFields):
