@@ -66,6 +66,14 @@ SLOW = {
     'tests/test_ecaresnet.py::test_logit_parity_with_timm[ecaresnet26t-timm_kwargs0-72]',
     # 35 s; block remat on the same network and the per-stage region count stay.
     'tests/test_remat.py::test_stage_remat_equals_no_remat[se_resnet18]',
+    # The final fresh-clone `make test` took 10 min 6 s with the environment (7 min 36 s of
+    # tests): these four (under load: 34 s, 31 s, 18 s, 14 s + the 15 s fixture only they
+    # used) leave margin. Siblings kept: the excitation CLI test; the mobilenetv3 and se_resnet18
+    # training tests; features of legacy_seresnet18; the workdir lock's unit test.
+    'tests/test_analysis.py::test_excitation_means_are_per_class_averages',
+    'tests/test_se_networks.py::test_trains_a_few_steps_on_digits[se_vgg16]',
+    'tests/test_features.py::test_features_match_timm[legacy_seresnext50_32x4d]',
+    'tests/test_checkpoint_safety.py::test_second_run_on_a_locked_workdir_exits_5_naming_the_first',
 }
 
 
