@@ -8,6 +8,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+# As in conftest.py (this process does not load it): halves XLA:CPU compile time of the state's
+# init. Both runs below draw the same initial state under it, which is all the comparison needs.
+jax.config.update('jax_threefry_partitionable', False)
+
 sys.path.insert(0, '.')
 from configs import default  # noqa: E402
 from senet_jax.models import create_model  # noqa: E402
