@@ -87,6 +87,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  from senet_jax.training import validate  # no TensorFlow yet: bad values fail in seconds
+  try:
+    validate.validate_fields(FLAGS.config)
+  except validate.ConfigError as err:
+    _fail(err, 2, 'bad config: ')
   _hide_accelerators_from_tensorflow()
   _init_distributed()
   import train  # after distributed init: it queries devices

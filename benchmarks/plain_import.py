@@ -83,7 +83,7 @@ def run_project_path(args) -> dict:
   with tempfile.NamedTemporaryFile(suffix='.json') as out:
     subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'train_step.py'),
                     '--no_torch', '--mode=train', f'--models={args.model}',
-                    f'--shapes={args.res}x{args.batch}', '--repeats=1', f'--iters={args.steps}',
+                    f'--shapes={args.res}x{args.batch}', f'--steps={args.steps}', '--warmup=2',
                     f'--json={out.name}'], check=True, stdout=subprocess.DEVNULL)
     with open(out.name) as f:
       row = json.load(f)['rows'][0]

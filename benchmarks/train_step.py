@@ -5,10 +5,16 @@ r"""senet_jax vs timm: training-step and inference throughput, side by side in o
     python benchmarks/train_step.py --torch_compile --json=bench.json  # GPU: bf16 + channels_last
 
 For every (model, resolution x batch) it builds the same network in both frameworks (timm's
-matching layout, see TIMM_NAMES), compiles / warms up, then alternates timed rounds of JAX and
-PyTorch so machine noise hits both, and reports the median images/s, the ratio
-senet_jax / timm, the JAX compile time and peak device memory (GPU). A training step is
-forward + backward + SGD-momentum update + BatchNorm statistics in both.
+matching layout, see TIMM_NAMES), compiles / warms up, then times single steps alternating JAX
+and PyTorch so machine noise hits both, and reports the median images/s per step, the ratio
+senet_jax / timm, the JAX compile time, the CPU time the hypervisor stole from this machine
+while timing (Linux; noise that neither framework causes) and peak device memory (GPU). A
+training step is forward + backward + SGD-momentum update + BatchNorm statistics in both.
+
+The median is over single steps rather than over rounds of several: the first steps of a
+process under mimalloc sometimes take 3-5x longer (the allocator maps and first-touches a new
+region for XLA's step buffer, measured 886 huge-page faults and 6 s of system time in one
+EfficientNet-B0 step at 224 px), and a round that contains one such step would count it.
 """
 from __future__ import annotations
 
@@ -39,8 +45,8 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--models', default='efficientnet_b0,se_resnet50,se_resnext50_32x4d')
   p.add_argument('--shapes', default='224x16,64x64', help='RESOLUTIONxBATCH, comma separated')
-  p.add_argument('--repeats', type=int, default=5, help='timed rounds per framework')
-  p.add_argument('--iters', type=int, default=3, help='steps per timed round')
+  p.add_argument('--steps', type=int, default=9, help='timed steps per framework (median)')
+  p.add_argument('--warmup', type=int, default=3, help='untimed steps per framework first')
   p.add_argument('--threads', type=int, default=os.cpu_count())
   p.add_argument('--mode', default='train,infer')
   p.add_argument('--torch_compile', action='store_true', help='also time torch.compile')
@@ -60,8 +66,8 @@ def run_isolated(args, name, shape, mode):
   import tempfile
   with tempfile.NamedTemporaryFile(suffix='.json') as out:
     cmd = [sys.executable, os.path.abspath(__file__), '--in_process', f'--models={name}',
-           f'--shapes={shape}', f'--mode={mode}', f'--repeats={args.repeats}',
-           f'--iters={args.iters}', f'--threads={args.threads}',
+           f'--shapes={shape}', f'--mode={mode}', f'--steps={args.steps}',
+           f'--warmup={args.warmup}', f'--threads={args.threads}',
            f'--conv_impl={args.conv_impl}', f'--dtype={args.dtype}', f'--json={out.name}']
     cmd += ['--torch_compile'] * args.torch_compile + ['--no_torch'] * args.no_torch
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -69,11 +75,31 @@ def run_isolated(args, name, shape, mode):
       return json.load(f)['rows'][0]
 
 
-def _time_rounds(fn, iters):
+def _time_step(fn):
   start = time.perf_counter()
-  for _ in range(iters):
-    fn()
+  fn()
   return time.perf_counter() - start
+
+
+def cpu_steal_ticks() -> int | None:
+  """Machine-wide CPU time stolen by the hypervisor so far (/proc/stat ticks), or None."""
+  try:
+    with open('/proc/stat') as f:
+      fields = f.readline().split()
+    return int(fields[8])
+  except (OSError, IndexError, ValueError):
+    return None
+
+
+def steal_fraction(ticks_before, ticks_after, seconds: float, hz: int | None = None,
+                   cpus: int | None = None) -> float | None:
+  """Fraction of the machine's CPU time stolen between two `cpu_steal_ticks()` readings
+  `seconds` apart (`hz`: ticks per second, `cpus`: the machine's CPUs; this machine's when None)."""
+  if ticks_before is None or ticks_after is None or seconds <= 0:
+    return None
+  hz = hz or os.sysconf('SC_CLK_TCK')
+  cpus = cpus or os.cpu_count()
+  return (ticks_after - ticks_before) / hz / (seconds * cpus)
 
 
 def jax_runner(name, overrides, res, batch, train, dtype, conv_impl):
@@ -181,17 +207,20 @@ def bench_one(args, name, res, batch, train, on_gpu, dtype):
       except Exception as err:  # noqa: BLE001 - report and go on
         print(f'  torch.compile unavailable for {timm_name}: {err}', file=sys.stderr)
   for fn in runners.values():  # warm-up (compiles torch.compile, autotunes cuDNN)
-    fn()
-    fn()
+    for _ in range(args.warmup):
+      fn()
   times = {k: [] for k in runners}
-  for _ in range(args.repeats):
+  steal_before, start = cpu_steal_ticks(), time.perf_counter()
+  for _ in range(args.steps):
     for k, fn in runners.items():
-      times[k].append(_time_rounds(fn, args.iters))
-  ips = {k: batch * args.iters / statistics.median(v) for k, v in times.items()}
+      times[k].append(_time_step(fn))
+  steal = steal_fraction(steal_before, cpu_steal_ticks(), time.perf_counter() - start)
+  ips = {k: batch / statistics.median(v) for k, v in times.items()}
   row = {'model': name, 'timm_model': timm_name, 'mode': 'train' if train else 'infer',
          'resolution': res, 'batch': batch, 'dtype': dtype, 'jax_compile_s': compile_s,
          'jax_gflop': cost['gflop'], 'jax_gbytes': cost['gbytes'],
-         **{f'{k}_img_s': v for k, v in ips.items()}}
+         'cpu_steal': steal, **{f'{k}_img_s': v for k, v in ips.items()},
+         **{f'{k}_step_s': v for k, v in times.items()}}
   for k in runners:
     if k != 'senet_jax':
       row[f'ratio_vs_{k}'] = ips['senet_jax'] / ips[k]
@@ -272,6 +301,8 @@ def environment(threads: int) -> str:
 
 def format_row(row):
   extra = ' '.join(f'{k}={v:.2f}' for k, v in row.items() if k.startswith(('ratio', 'frac')))
+  if row.get('cpu_steal') is not None:
+    extra += f" steal={row['cpu_steal']:.0%}"
   return (f"{row['model']:>22} {row['mode']:5} {row['resolution']}x{row['batch']:<3} "
           f"senet_jax {row['senet_jax_img_s']:8.1f} img/s  timm {row.get('timm_img_s', 0):8.1f}"
           f"  {extra}  compile {row['jax_compile_s']:.1f}s")

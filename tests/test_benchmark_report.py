@@ -62,3 +62,16 @@ def test_allocator_is_named_from_the_environment():
   assert train_step.allocator_name({}) == 'glibc malloc (jemalloc not installed)'
   assert train_step.allocator_name({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}) == (
       'glibc malloc (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)')
+
+
+def test_steal_fraction_by_hand():
+  # 50 ticks at 100 Hz are 0.5 s stolen out of 2 CPUs x 1 s.
+  assert train_step.steal_fraction(1000, 1050, 1.0, hz=100, cpus=2) == pytest.approx(0.25)
+  assert train_step.steal_fraction(None, 1050, 1.0) is None
+  assert train_step.steal_fraction(1000, 1000, 2.0, hz=100, cpus=2) == 0.0
+
+
+def test_row_prints_steal_when_measured():
+  assert 'steal=25%' in train_step.format_row(_row(cpu_steal=0.25))
+  assert 'steal' not in train_step.format_row(_row(cpu_steal=None))
+  assert train_step.cpu_steal_ticks() is None or train_step.cpu_steal_ticks() >= 0

@@ -124,9 +124,9 @@ def test_sharded_step_on_8_devices_equals_1_device():
   assert result['batch_stats'] < 1e-5 and result['ema'] < 1e-5
 
 
-def run_main(*args, timeout=600):
+def run_main(*args, timeout=600, env=None):
   return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout)
+                        text=True, timeout=timeout, env=env)
 
 
 def test_misspelt_override_is_an_error(tmp_path):
@@ -137,10 +137,18 @@ def test_misspelt_override_is_an_error(tmp_path):
 
 
 def test_bad_config_value_exits_2_with_field_name(tmp_path, data_dir):
+  # PYTHONPROFILEIMPORTTIME lists every module imported (it survives main.py's re-exec).
   out = run_main('--config=configs/quickstart.py', f'--workdir={tmp_path}',
-                 '--config.batch_size=0', f'--config.data_dir={data_dir}')
+                 '--config.batch_size=0', f'--config.data_dir={data_dir}',
+                 env={**os.environ, 'PYTHONPROFILEIMPORTTIME': '1'})
   assert out.returncode == 2
   assert 'config.batch_size=0' in out.stderr
+  imported = [line.split('|')[-1].strip() for line in out.stderr.splitlines()
+              if line.startswith('import time:')]
+  assert 'senet_jax.training.validate' in imported
+  # A mistyped value fails before TensorFlow's import (seconds) and before the workdir exists.
+  assert 'tensorflow' not in imported
+  assert not os.listdir(tmp_path)
 
 
 def test_workdir_that_is_a_file_is_rejected(tmp_path, data_dir):

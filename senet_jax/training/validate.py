@@ -13,9 +13,10 @@ class ConfigError(ValueError):
   """A config value is invalid; the message names the field and what was expected."""
 
 
-def validate_config(config, workdir: str, device_count: int, process_count: int,
-                    eval_only: bool = False) -> None:
-  """Raises ConfigError for the first invalid field (nothing has been computed yet)."""
+def validate_fields(config) -> None:
+  """Raises ConfigError for a field of the wrong type or range, or an unknown model: the checks
+  that need no devices, data or TensorFlow, so main.py runs them first (a mistyped flag then
+  fails in about two seconds instead of after TensorFlow's import)."""
   problem = config_fields.check_fields(config)
   if problem:
     raise ConfigError(problem)
@@ -23,6 +24,12 @@ def validate_config(config, workdir: str, device_count: int, process_count: int,
     raise ConfigError(f'config.model={config.model!r} is not a registered model'
                       f'{config_fields.suggest(config.model, list_models())} (all models: '
                       f'python -c "import senet_jax.models as m; print(m.list_models())")')
+
+
+def validate_config(config, workdir: str, device_count: int, process_count: int,
+                    eval_only: bool = False) -> None:
+  """Raises ConfigError for the first invalid field (nothing has been computed yet)."""
+  validate_fields(config)
   validate_mesh(config, device_count)
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
