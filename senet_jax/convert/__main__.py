@@ -38,16 +38,32 @@ def read_state_dict(path: str, allow_pickle: bool = False) -> dict:
           f'{path!r} is a pickle, which can run arbitrary code when loaded. Use the '
           f'.safetensors file of the same weights, or pass --allow_pickle to read it with '
           f'torch.load(weights_only=True) (tensors only, no code).')
-    import torch
-    try:
-      state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # UnpicklingError: the file wants to run code
-      raise core.ConversionError(f'{path!r} refused by torch.load(weights_only=True): '
-                                 f'{str(err).splitlines()[0]}') from err
-    state = state.get('state_dict', state.get('model', state)) if isinstance(state, dict) else state
-    return core.as_numpy_state_dict(state)
+    return _read_pickle(path)
   raise core.ConversionError(f'--input {path!r}: expected a .safetensors file (or a torch '
                              f'pickle with --allow_pickle)')
+
+
+def _read_pickle(path: str) -> dict:
+  """{name: numpy array} of a torch pickle, read with torch.load(weights_only=True)."""
+  try:
+    import torch
+  except ImportError as err:  # ModuleNotFoundError, or a broken torch install
+    raise core.ConversionError(
+        f'{path}: reading a PyTorch pickle needs torch, which cannot be imported ({err}); '
+        f'`pip install torch`, or use the .safetensors file of the same weights') from err
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as err:  # noqa: BLE001 - UnpicklingError (code in the file), garbage, ...
+    raise core.ConversionError(f'{path}: refused by torch.load(weights_only=True): '
+                               f'{(str(err).splitlines() or [type(err).__name__])[0]}') from err
+  if isinstance(state, dict):
+    state = state.get('state_dict', state.get('model', state))
+  if not isinstance(state, dict) or not all(
+      isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    raise core.ConversionError(f'{path}: expected a state dict {{name: tensor}} (or one under '
+                               f'"state_dict" / "model"), got a {type(state).__name__} holding '
+                               f'other values')
+  return core.as_numpy_state_dict(state)
 
 
 def convert(source: str, model: str, input_path: str, output: str, num_classes: int = 0,

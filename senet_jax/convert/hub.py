@@ -126,14 +126,13 @@ def resolve(spec: str, cache_dir: str | None = None) -> str:
 
 def _convert_into(out: str, repo: str, commit: str, config: dict, weights_path: str) -> None:
   """Converts into a temporary folder, then renames it: a reader never sees half a checkpoint."""
-  from safetensors.numpy import load_file
-
   from senet_jax.convert import timm
+  from senet_jax.convert.safe_read import load_safetensors  # damage: one line naming the file
   arch = config.get('architecture') or repo.split('/')[-1].split('.')[0]
   if arch not in timm.MODELS:
     raise HubError(f'hub repository {repo!r} holds timm architecture {arch!r}, which senet_jax '
                    f'cannot convert; supported: {", ".join(sorted(timm.MODELS))}')
-  module, variables = timm.from_timm(load_file(weights_path), arch)
+  module, variables = timm.from_timm(load_safetensors(weights_path), arch)
   meta = {'source': 'hub', 'repo': repo, 'revision': commit, 'source_model': arch,
           'model': timm.MODELS[arch][0], 'model_kwargs': timm.MODELS[arch][1],
           'num_classes': module.num_classes, 'preprocessing': preprocessing(config).__dict__}

@@ -15,6 +15,7 @@ S/M/L: Rescaling(1/128, offset=-1)), which are not in the weights file.
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import h5py
@@ -30,19 +31,42 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def read_legacy_h5(path: str) -> dict[str, list[np.ndarray]]:
-  """{layer name: [weights in Keras order]} from a Keras (2-style) HDF5 weights file."""
-  with h5py.File(path, 'r') as f:
+  """{layer name: [weights in Keras order]} from a Keras (2-style) HDF5 weights file.
+
+  Any file that is not one (not HDF5, damaged, missing groups or attributes) is one
+  ConversionError naming it; h5py's own messages do not.
+  """
+  if not os.path.isfile(path):
+    raise core.ConversionError(f'--input {path!r} does not exist')
+  try:
+    f = h5py.File(path, 'r')
+  except OSError as err:  # h5py: "Unable to synchronously open file (file signature ...)"
+    raise core.ConversionError(f'{path}: not an HDF5 file ({_first_line(err)})') from None
+  with f:
     root = f['model_weights'] if 'model_weights' in f else f
     if 'layer_names' not in root.attrs:
       raise core.ConversionError(f'{path}: not a Keras HDF5 weights file (no layer_names)')
-    layers = {}
-    for name in root.attrs['layer_names']:
-      name = name.decode() if isinstance(name, bytes) else name
-      group = root[name]
-      names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs['weight_names']]
-      if names:
-        layers[name] = [np.asarray(group[n]) for n in names]
+    layer = '?'
+    try:
+      layers = {}
+      for layer in map(_text, root.attrs['layer_names']):
+        group = root[layer]
+        names = [_text(n) for n in group.attrs['weight_names']]
+        if names:
+          layers[layer] = [np.asarray(group[n]) for n in names]
+    except (KeyError, OSError, ValueError, TypeError) as err:  # h5py's errors for damage
+      raise core.ConversionError(f'{path}: damaged Keras HDF5 weights file (layer '
+                                 f'{layer!r:.100}: {_first_line(err)})') from None
   return layers
+
+
+def _text(value) -> str:
+  """An HDF5 string attribute (bytes or str) as str."""
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _first_line(err: BaseException) -> str:
+  return (str(err).strip("'\"").splitlines() or [type(err).__name__])[0][:200]
 
 
 def _block_path(stage: str, letter: str) -> str:
@@ -122,7 +146,14 @@ def from_keras(weights: str | dict, keras_name: str = 'efficientnetb0',
       else:
         unexpected.append(name)
       continue
-    converted.update(_leaves(path, arrays))
+    try:
+      converted.update(_leaves(path, arrays))
+    except (ValueError, IndexError):  # a BN without 4 arrays, a depthwise kernel not 4-D
+      source = weights if isinstance(weights, str) else f'Keras {keras_name}'
+      raise core.ConversionError(
+          f'{source}: layer {name!r:.100} holds {len(arrays)} arrays of shapes '
+          f'{[np.shape(a) for a in arrays]}, not the weights of a {path.split("/")[-1]} '
+          f'layer') from None
   num_classes = converted[('params', 'classifier', 'kernel')].shape[1] if (
       ('params', 'classifier', 'kernel') in converted) else 1000
   model = create_model(supported[keras_name], num_classes=num_classes)
