@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -52,11 +51,13 @@ def build_model(config):
 
 
 def training_length(config, num_train_examples: int) -> tuple[int, int]:
-  """(steps_per_epoch, total_steps) from epochs or steps."""
-  steps_per_epoch = max(num_train_examples // config.batch_size, 1)
-  if config.num_epochs > 0:
-    return steps_per_epoch, max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1)
-  return steps_per_epoch, int(config.num_train_steps)
+  """(steps_per_epoch, total_steps): num_train_steps when > 0, else num_epochs epochs.
+
+  The rule and why (both > 0 must agree, checked before training) are in
+  validate.training_length, next to the check that enforces it.
+  """
+  from senet_jax.training import validate
+  return validate.training_length(config, num_train_examples)
 
 
 def _global_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:

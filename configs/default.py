@@ -2,7 +2,8 @@
 
 Override any field on the command line: `--config.batch_size=512`. The config is locked, so a
 misspelt field (`--config.batchsize=512`) is an error rather than silently ignored. Durations
-are in epochs when `num_epochs` > 0, else in steps (`num_train_steps`).
+are in epochs when `num_epochs` > 0, else in steps (`num_train_steps`); the run's length is set
+by exactly one of the two (see num_train_steps below).
 """
 import os
 
@@ -26,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir (None: default)
   config.train_split = 'train'
   config.eval_split = 'validation'
-  config.num_classes = 1000
+  config.num_classes = 1000             # >= the dataset's label count (checked); more is allowed
   config.image_size = 224               # training and evaluation resolution
   config.eval_crop_fraction = -1.0      # center-crop fraction; -1: res / (res + 32) (official)
   config.interpolation = 'bicubic'      # 'bicubic' or 'bilinear' resize
@@ -45,8 +46,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 256               # global batch, all hosts and devices together
   config.eval_batch_size = 256          # global eval batch
   config.grad_accum_steps = 1           # micro-batches per optimizer step (batch_size total)
-  config.num_epochs = 100.0             # > 0: length in epochs, else num_train_steps
-  config.num_train_steps = -1
+  # The run's length: num_epochs > 0 (ceil(num_epochs * steps per epoch)) or num_train_steps > 0,
+  # the other <= 0. Both > 0 is an error unless they give the same number of steps (neither
+  # silently wins: this file sets num_epochs, so `--config.num_train_steps=40` alone would
+  # otherwise be ignored or ignore it); to train by steps add `--config.num_epochs=0`.
+  config.num_epochs = 100.0             # > 0: length in epochs
+  config.num_train_steps = -1           # > 0: length in steps (with num_epochs=0)
   config.optimizer = 'sgd'              # 'sgd', 'rmsprop_tf', 'adamw', 'lars', 'lamb'
   config.learning_rate = 0.1            # per 256 images; scaled by batch_size / 256
   config.lr_schedule = 'cosine'         # 'cosine', 'exponential' (staircase), 'step', 'linear',
@@ -102,7 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- Checkpoints, logging, evaluation --------------------------------------------------
   config.log_every_steps = 100
-  config.eval_every_epochs = 1.0        # <= 0: only at the end
+  config.eval_every_epochs = 1.0        # <= 0: only at the end; > 0 must be >= one step
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   config.keep_best_checkpoint = True    # also keep the best by eval top-1

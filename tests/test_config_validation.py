@@ -3,19 +3,24 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import time
 
 import pytest
 
 from configs import default
+import train
 from senet_jax.training import config_diff, config_fields, validate, workdir_lock
+from test_fault_tolerance import ROOT, main_cmd
 from test_train import tiny_config
 
 # Bad values for every field of configs/default.py (wrong type, out of range, unknown name).
 BAD_VALUES = {
     'seed': [-1, 1.5, 'a'],
     'model': ['', 3],
-    'model_kwargs': [3, 'se_reduction=0'],
+    'model_kwargs': [3, 'se_reduction=0', {'stage_sizes': (0, 0, 0, 0)}, {'stem_width': 0},
+                     {'stage_planes': (8, -1)}, {'head_channels': 0}, {'dropout_rate': 1.0},
+                     {'width': 0.0}],
     'dtype': ['float16', 'fp32'],
     'dataset': ['', None],
     'data_dir': [3],
@@ -38,10 +43,10 @@ BAD_VALUES = {
     'batch_size': [0, -32, 32.5],
     'eval_batch_size': [0, -1],
     'grad_accum_steps': [0, 1.5],
-    'num_epochs': ['ten', None],
+    'num_epochs': ['ten', None, float('inf'), float('nan')],
     'num_train_steps': [1.5, 'x'],
     'optimizer': ['', 4],
-    'learning_rate': [0.0, -0.1, float('nan')],
+    'learning_rate': [0.0, -0.1, float('nan'), float('inf')],
     'lr_schedule': ['', None],
     'warmup_epochs': [-1.0],
     'lr_decay_epochs': [0.0, -2.4],
@@ -51,14 +56,14 @@ BAD_VALUES = {
     'nesterov': ['true'],
     'rmsprop_decay': [1.0, -0.5],
     'rmsprop_epsilon': [0.0, -1e-3],
-    'weight_decay': [-1e-4],
+    'weight_decay': [-1e-4, float('inf')],
     'weight_decay_exclude': ['(unclosed', 3],
     'label_smoothing': [1.0, -0.1],
     'grad_clip_norm': [-1.0],
     'ema_decay': [1.0, -0.5],
     'ema_warmup': ['x'],
     'log_every_steps': [0, -1],
-    'eval_every_epochs': ['often'],
+    'eval_every_epochs': ['often', float('inf'), float('nan')],
     'checkpoint_every_steps': [0, -10],
     'keep_checkpoints': [0, -1],
     'keep_best_checkpoint': ['yes'],
@@ -73,9 +78,11 @@ BAD_VALUES = {
     'eval_tta': ['mirror', True],
     'progressive': [3, {'num_stages': -1}, {'num_stages': 4, 'image_size': (16, 300)},
                     {'num_stages': 4, 'dropout_rate': (0.1, 1.0)},
-                    {'num_stages': 4, 'mixup_alpha': (0.0,)}],
+                    {'num_stages': 4, 'mixup_alpha': (0.0,)},
+                    {'num_stages': 4, 'mixup_alpha': (0.0, float('inf'))}],
     'distill': ['teacher', {'teacher': '/ckpt', 'model': ''},
-                {'teacher': '', 'temperature': 0.0}, {'teacher': '', 'alpha': 1.5}],
+                {'teacher': '', 'temperature': 0.0}, {'teacher': '', 'alpha': 1.5},
+                {'teacher': '', 'temperature': float('inf')}],
     'lars_trust_coefficient': [0.0, -1e-3],
     'lars_epsilon': [-1.0],
     'lr_poly_power': [0.0, 'two'],
@@ -131,8 +138,25 @@ def test_bad_value_of_every_field_is_named(field, value):
   config = default.get_config().to_dict()  # plain dict: no type coercion of the bad value
   config[field] = value
   problem = config_fields.check_fields(config)
-  assert problem is not None and problem.startswith(f'config.{field}='), problem
-  assert 'expected' in problem
+  assert problem is not None, problem
+  assert problem.startswith((f'config.{field}=', f'config.{field}.')), problem  # a section's key
+  assert 'expected' in problem and '\n' not in problem
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('distill.temperature', 0.0, 'config.distill.temperature=0.0: expected a finite number > 0'),
+    ('progressive.image_size', (16, 300), 'config.progressive.image_size=(16, 300): expected'),
+    ('model_kwargs.stage_sizes', (0, 0, 0, 0),
+     'config.model_kwargs.stage_sizes=(0, 0, 0, 0): expected an integer >= 1'),
+])
+def test_a_section_error_names_its_key_on_one_line(key, value, message):
+  # Issue 31: a bad distill.temperature printed the whole ConfigDict (YAML, 10 lines).
+  from configs import quickstart
+  config = quickstart.get_config()
+  section, name = key.split('.')
+  config[section][name] = value
+  problem = config_fields.check_fields(config)
+  assert problem.startswith(message) and '\n' not in problem, problem
 
 
 def test_defaults_and_every_config_file_pass():
@@ -156,6 +180,16 @@ def test_defaults_and_every_config_file_pass():
     (dict(eval_split='valid'), r"split 'valid'.*config.eval_split"),
     (dict(dataset='senet_digit'), "not a TFDS dataset; did you mean 'senet_digits'"),
     (dict(init_from='/no/such/dir'), 'config.init_from'),
+    # Checked against the opened dataset (1438 train / 359 test digits, 10 classes):
+    (dict(num_classes=3), r'^config\.num_classes=3 is smaller than the 10 classes'),
+    (dict(batch_size=4096), r'^config\.batch_size=4096 is larger than the train split .*1438'),
+    (dict(num_epochs=1.0, num_train_steps=40),  # 1438 // 32 = 44 steps per epoch
+     r'^config\.num_train_steps=40 and config\.num_epochs=1\.0 \(= 44 steps'),
+    (dict(eval_every_epochs=0.01), r'^config\.eval_every_epochs=0\.01 is 0\.44 steps'),
+    (dict(eval_split='test[:0]'), r"^config\.eval_split='test\[:0\]' selects no examples"),
+    (dict(train_split='train[:0]'), r"^config\.train_split='train\[:0\]' selects no examples"),
+    (dict(distill=dict(teacher='/ckpt', model='se_resnet51')),
+     r"^config\.distill\.model='se_resnet51' is not a registered model"),
 ])
 def test_validate_config_names_the_field(digits_dir, tmp_path, overrides, message):
   config = tiny_config(digits_dir)
@@ -165,6 +199,36 @@ def test_validate_config_names_the_field(digits_dir, tmp_path, overrides, messag
     config.model_kwargs.update(kwargs)
   with pytest.raises(validate.ConfigError, match=message):
     validate.validate_config(config, str(tmp_path / 'w'), 1, 1)
+
+
+def test_length_is_steps_or_epochs_and_both_must_agree(digits_dir, tmp_path):
+  # 1438 train digits // batch 32 = 44 steps per epoch (hand-computed).
+  for epochs, steps, expected in ((1.0, -1, 44), (1.5, -1, 66), (0.0, 40, 40), (1.0, 44, 44)):
+    config = tiny_config(digits_dir, num_epochs=epochs, num_train_steps=steps)
+    assert train.training_length(config, 1438) == (44, expected)
+    validate.validate_config(config, str(tmp_path / 'w'), 1, 1)  # agreeing values pass
+  with pytest.raises(validate.ConfigError, match='config.num_epochs=0 to train by steps'):
+    validate.validate_config(tiny_config(digits_dir, num_epochs=1.0, num_train_steps=45),
+                             str(tmp_path / 'w'), 1, 1)
+
+
+@pytest.mark.parametrize('flags,field', [
+    (['--config.eval_every_epochs=0.01'], 'config.eval_every_epochs'),  # was ZeroDivisionError
+    (['--config.num_epochs=1', '--config.num_train_steps=40'],         # trained 44 steps
+     'config.num_train_steps'),
+    (['--config.distill.temperature=0'], 'config.distill.temperature'),  # dumped the section
+])
+def test_cli_bad_value_exits_2_in_one_line_before_the_model_is_built(digits_dir, tmp_path,
+                                                                     flags, field):
+  run = subprocess.run(main_cmd(str(tmp_path / 'run'), digits_dir, *flags), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 2, run.stderr[-2000:]
+  errors = [line for line in run.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and errors[0].startswith(f'error: bad config: {field}='), errors
+  assert run.stderr.rstrip().splitlines()[-1] == errors[0]  # nothing of a section after it
+  assert 'Traceback' not in run.stderr
+  # Before the state is created (its log line) and before any compilation.
+  assert ' parameters' not in run.stderr and 'compiling the' not in run.stderr
 
 
 def test_unusable_workdir_is_a_config_error(digits_dir):

@@ -1,11 +1,13 @@
 """What every field of configs/default.py accepts, as data: one checker per field.
 
-`check_fields(config)` returns the first error as 'config.<field>=<value>: <expected>'.
+`check_fields(config)` returns the first error as 'config.<field>=<value>: <expected>' (in a
+section: 'config.<section>.<key>=<value>: ...'), always one line.
 Cross-field rules (batch vs devices, epochs vs steps) live in validate.py. A new config field
 needs an entry here (tests/test_config_validation.py fails otherwise).
 """
 from __future__ import annotations
 
+import math
 import numbers
 import re
 from typing import Any, Callable
@@ -36,15 +38,21 @@ def integer(lo: int | None = None) -> Checker:
 
 def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
            hi_open: bool = False) -> Checker:
-  """A real number in [lo, hi] (open ends with lo_open / hi_open)."""
+  """A finite real number in [lo, hi] (open ends with lo_open / hi_open).
+
+  inf and nan are refused for every float field: none of them means anything useful there
+  (num_epochs=inf overflows, learning_rate=inf diverges at the first step).
+  """
   def check(v):
-    bad = (not _is_num(v) or v != v or (lo is not None and (v <= lo if lo_open else v < lo))
+    bad = (not _is_num(v) or not math.isfinite(v)
+           or (lo is not None and (v <= lo if lo_open else v < lo))
            or (hi is not None and (v >= hi if hi_open else v > hi)))
-    if bad:
-      low = f'{"(" if lo_open else "["}{"-inf" if lo is None else lo}'
-      high = f'{"inf" if hi is None else hi}{")" if hi_open else "]"}'
-      return f'a number in {low}, {high}'
-    return None
+    if not bad:
+      return None
+    if hi is None:
+      return 'a finite number' + ('' if lo is None else f' {">" if lo_open else ">="} {lo}')
+    low = f'{"(" if lo_open else "["}{"-inf" if lo is None else lo}'
+    return f'a finite number in {low}, {hi}{")" if hi_open else "]"}'
   return check
 
 
@@ -113,36 +121,70 @@ def _pair(value, item: Checker) -> bool:
   return isinstance(value, (tuple, list)) and len(value) == 2 and not any(item(x) for x in value)
 
 
-def progressive_section(v) -> str | None:
+# A section (progressive, distill, model_kwargs) names the key at fault: its checker returns
+# (key, expected), which check_fields prints as 'config.<section>.<key>=<value>: expected ...'
+# -- one line, not the whole section.
+SectionProblem = tuple[str, str] | str | None
+
+
+def progressive_section(v) -> SectionProblem:
   """config.progressive: stages and (first, last) pairs (augment is checked at train time)."""
   if not hasattr(v, 'items'):
     return 'a mapping (num_stages, image_size, dropout_rate, ...)'
   if integer(0)(v.get('num_stages')):
-    return 'num_stages: an integer >= 0 (0: off)'
+    return 'num_stages', 'an integer >= 0 (0: off)'
   pairs = {'image_size': integer(32), 'dropout_rate': number(0, 1, hi_open=True),
            'randaugment_magnitude': number(0, 30), 'mixup_alpha': number(0)}
   for knob, item in pairs.items():
     if knob in v and not _pair(v[knob], item):
-      return f'{knob}: (first stage, last stage), each {item(object())}'
+      return knob, f'(first stage, last stage), each {item(object())}'
   if integer(1)(v.get('size_multiple', 8)):
-    return 'size_multiple: an integer >= 1'
+    return 'size_multiple', 'an integer >= 1'
   return None
 
 
-def distill_section(v) -> str | None:
+def distill_section(v) -> SectionProblem:
   """config.distill: teacher ('' = off), temperature > 0, alpha in [0, 1]."""
   if not hasattr(v, 'items'):
     return 'a mapping (teacher, model, temperature, alpha, ...)'
   if not isinstance(v.get('teacher', ''), str):
-    return "teacher: a checkpoint directory or '' (off)"
+    return 'teacher', "a checkpoint directory or '' (off)"
   if v.get('teacher') and not v.get('model'):
-    return 'model: the teacher architecture (a registered model name)'
-  if number(0, lo_open=True)(v.get('temperature', 1.0)):
-    return 'temperature: a number > 0'
-  if number(0, 1)(v.get('alpha', 0.5)):
-    return 'alpha: a number in [0, 1]'
-  if integer(0)(v.get('image_size', 0)):
-    return 'image_size: an integer >= 0 (0: config.image_size)'
+    return 'model', 'the teacher architecture (a registered model name)'
+  for key, item, default in (('temperature', number(0, lo_open=True), 1.0),
+                             ('alpha', number(0, 1), 0.5), ('image_size', integer(0), 0)):
+    problem = item(v.get(key, default))
+    if problem:
+      return key, problem + (' (0: config.image_size)' if key == 'image_size' else '')
+  return None
+
+
+# Structural model arguments (models/*.py dataclass fields) that build a network without any
+# error at 0 (stage_sizes=(0, 0, 0, 0): a network with no blocks, head_channels=0) or fail
+# with a bare 'division by zero'. Each is a count or a width: >= 1 (None: the model's default).
+MODEL_COUNTS = ('stage_sizes', 'stage_planes', 'stage_widths', 'stem_width', 'stem_widths',
+                'stem_channels', 'head_channels', 'hidden_width', 'groups', 'base_width',
+                'reduce_first', 'pool_size', 'project_kernel')
+MODEL_FRACTIONS = ('dropout_rate', 'drop_path_rate')   # [0, 1): 1 zeroes every activation
+MODEL_SCALES = ('width', 'depth', 'scale')             # multipliers: > 0
+
+
+def model_kwargs_section(v) -> SectionProblem:
+  """config.model_kwargs: a mapping; counts and widths >= 1, rates in [0, 1), scales > 0
+  (everything else is checked by building the model in validate.check_model_kwargs)."""
+  if not hasattr(v, 'items'):
+    return 'a mapping of keyword arguments'
+  counts = integer(1)
+  for key, value in v.items():
+    if key in MODEL_COUNTS and value is not None:
+      seq = value if isinstance(value, (tuple, list)) else (value,)
+      if not seq or any(counts(x) for x in seq):
+        return key, 'an integer >= 1 (a count or a width), or a sequence of them'
+    problem = (FRACTION(value) if key in MODEL_FRACTIONS else
+               number(0, lo_open=True)(value) if key in MODEL_SCALES and value is not None
+               else None)
+    if problem:
+      return key, problem
   return None
 
 
@@ -156,7 +198,7 @@ FRACTION = number(0, 1, hi_open=True)  # [0, 1)
 FIELDS: dict[str, Checker] = {
     'seed': integer(0),
     'model': text(False),                       # registry membership checked in validate.py
-    'model_kwargs': mapping,                    # checked by building the model
+    'model_kwargs': model_kwargs_section,       # and by building the model
     'dtype': choice('float32', 'bfloat16'),
     'dataset': text(False),                     # existence checked by opening it
     'data_dir': optional_text,
@@ -224,12 +266,25 @@ FIELDS: dict[str, Checker] = {
 }
 
 
+def _show(value) -> str:
+  """repr of a config value on one line (a ConfigDict's own repr is multi-line YAML)."""
+  if hasattr(value, 'to_dict'):
+    value = value.to_dict()
+  text = repr(value)
+  return text if len(text) <= 200 else text[:197] + '...'
+
+
 def check_fields(config) -> str | None:
-  """The first 'config.<field>=<value>: expected ...' error, or None."""
+  """The first 'config.<field>=<value>: expected ...' error (for a section,
+  'config.<section>.<key>=<value>: expected ...'), or None."""
   for field, checker in FIELDS.items():
     if field not in config:
       continue  # variant configs may drop a field; train.py's own reads then fail loudly
-    problem = checker(config[field])
+    value = config[field]
+    problem = checker(value)
+    if isinstance(problem, tuple):
+      key, problem = problem
+      field, value = f'{field}.{key}', value.get(key)
     if problem:
-      return f'config.{field}={config[field]!r}: expected {problem}'
+      return f'config.{field}={_show(value)}: expected {problem}'
   return None

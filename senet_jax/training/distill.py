@@ -14,6 +14,7 @@ the teacher has no optimizer state and no EMA.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -61,13 +62,19 @@ class Teacher:
 
 def check_config(distill) -> None:
   """Raises ConfigError naming the first invalid `config.distill` field."""
+  from senet_jax.models import list_models
+  from senet_jax.utils.names import suggest
   if not distill.model:
     raise ConfigError('config.distill.model is empty: name the teacher architecture '
                       '(a senet_jax model, e.g. se_resnext101_32x4d)')
-  if not distill.temperature > 0:
-    raise ConfigError(f'config.distill.temperature must be > 0, got {distill.temperature}')
+  if distill.model not in list_models():
+    raise ConfigError(f'config.distill.model={distill.model!r} is not a registered model'
+                      f'{suggest(distill.model, list_models())}')
+  if not (math.isfinite(distill.temperature) and distill.temperature > 0):
+    raise ConfigError(f'config.distill.temperature={distill.temperature}: expected a finite '
+                      f'number > 0')
   if not 0.0 <= distill.alpha <= 1.0:
-    raise ConfigError(f'config.distill.alpha must be in [0, 1], got {distill.alpha}')
+    raise ConfigError(f'config.distill.alpha={distill.alpha}: expected a number in [0, 1]')
 
 
 def load_teacher(config, sharding, create_model: Callable, load_params: Callable

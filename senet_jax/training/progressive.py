@@ -16,6 +16,7 @@ How the trainer uses it (why this shape):
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Iterator
 
 import numpy as np
@@ -82,8 +83,10 @@ def check_config(progressive, augment: str, min_size: int) -> None:
   if not all(0.0 <= r < 1.0 for r in progressive.dropout_rate):
     raise ConfigError(f'config.progressive.dropout_rate={tuple(progressive.dropout_rate)}: '
                      'each must be in [0, 1)')
-  if min(progressive.mixup_alpha) < 0 or min(progressive.randaugment_magnitude) < 0:
-    raise ConfigError('config.progressive.mixup_alpha / randaugment_magnitude must be >= 0')
+  for knob in ('mixup_alpha', 'randaugment_magnitude'):
+    if not all(math.isfinite(v) and v >= 0 for v in progressive[knob]):
+      raise ConfigError(f'config.progressive.{knob}={tuple(progressive[knob])}: each must be a '
+                        f'finite number >= 0')
   if augment != 'randaugment' and max(progressive.randaugment_magnitude) > 0:
     raise ConfigError(f"config.progressive.randaugment_magnitude is set but config.augment="
                      f"{augment!r}; use augment='randaugment' (or magnitudes (0, 0))")

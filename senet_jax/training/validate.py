@@ -1,6 +1,7 @@
 """Config checks that run before any compute; every error names the config field."""
 from __future__ import annotations
 
+import math
 import os
 
 from senet_jax.models import list_models, min_resolution, model_info
@@ -62,7 +63,8 @@ def validate_config(config, workdir: str, device_count: int, process_count: int,
                       f"training workdir, a converter output or 'hf:owner/name')")
   _check_workdir(workdir)
   model_info(config.model)  # registry errors are already clear
-  check_model_kwargs(config)
+  model = check_model_kwargs(config)
+  check_sections(config, model, eval_only)
   check_data(config, eval_only)
 
 
@@ -78,8 +80,9 @@ def _check_workdir(workdir: str) -> None:
     raise ConfigError(f'--workdir={workdir!r} is not writable; choose a writable directory')
 
 
-def check_model_kwargs(config) -> None:
-  """Builds the model and traces its init (no compute) so bad model_kwargs fail here.
+def check_model_kwargs(config):
+  """Builds the model and traces its init (no compute) so bad model_kwargs fail here; returns
+  the model.
 
   The trace runs at the smallest resolution the model accepts: shape errors of bad arguments
   (an SE stage that does not exist, a reduction of 0) show at any resolution.
@@ -98,19 +101,108 @@ def check_model_kwargs(config) -> None:
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:400]
     raise ConfigError(f'config.model_kwargs (or config.conv_impl) do not build '
                       f'{config.model!r}: {first}') from None
+  return model
+
+
+def check_sections(config, model, eval_only: bool = False) -> None:
+  """The progressive and distill sections' own checks (they otherwise run after the state is
+  created and compiled): image sizes against what `model` accepts, a registered teacher."""
+  from senet_jax.training import distill, progressive  # they import this module
+  if config.get('progressive') is not None and config.progressive.num_stages > 0:
+    progressive.check_config(config.progressive, config.augment,
+                             max(min_resolution(model), MIN_RESOLUTION))
+  if not eval_only and config.get('distill') is not None and config.distill.teacher:
+    distill.check_config(config.distill)
 
 
 def check_data(config, eval_only: bool = False) -> None:
-  """Opens the train and eval splits so a missing dataset or split fails before compute."""
+  """Opens the train and eval splits so a missing dataset or an empty split fails before
+  compute, then checks the config against them (check_against_data)."""
   from senet_jax.data import pipeline
-  splits = [('eval_split', config.eval_split)]
-  if not eval_only:
-    splits.insert(0, ('train_split', config.train_split))
-  for field, split in splits:
-    try:
-      pipeline.open_source(config.dataset, split, config.data_dir)
-    except ValueError as err:
-      raise ConfigError(f'{err} (config.{field})' if 'split' in str(err) else str(err)) from None
+  fields = ('eval_split',) if eval_only else ('train_split', 'eval_split')
+  sources = {field: _open_split(pipeline, config, field) for field in fields}
+  try:
+    classes = pipeline.num_classes_of(sources['eval_split'])
+  except (KeyError, AttributeError, TypeError):  # no 'label' class feature: nothing to compare
+    classes = None
+  train = sources.get('train_split')
+  check_against_data(config, None if train is None else len(train), classes)
+
+
+def _open_split(pipeline, config, field: str):
+  split = config[field]
+  try:
+    source = pipeline.open_source(config.dataset, split, config.data_dir)
+  except ValueError as err:
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if message.startswith('config.'):  # the dataset's own errors name config.dataset
+      raise ConfigError(message) from None
+    if f'split {split!r}' in message:
+      raise ConfigError(f'{message} (config.{field})') from None
+    if 'Paths sequence can not be of 0 length' in message:  # ArrayRecord: an empty slice
+      raise ConfigError(f'config.{field}={split!r} selects no examples of '
+                        f'{config.dataset!r}') from None
+    raise ConfigError(f'config.{field}={split!r} of {config.dataset!r} cannot be read: '
+                      f'{message}') from None
+  if len(source) == 0:
+    raise ConfigError(f'config.{field}={split!r} selects no examples of {config.dataset!r}')
+  return source
+
+
+def training_length(config, num_train_examples: int) -> tuple[int, int]:
+  """(steps_per_epoch, total_steps): num_train_steps when > 0, else num_epochs epochs.
+
+  The rule (check_against_data enforces it before training): exactly one of num_epochs and
+  num_train_steps sets the length; both > 0 is an error unless they give the same number of
+  steps. Why not 'one silently wins': every config file sets num_epochs (recipes, warmup and
+  decay are in epochs), so a user adding --config.num_train_steps=40 would have either that
+  or the file's epochs ignored without a word (issue 36: 40 steps asked, 2,200 trained). An
+  error naming both fields and the flag to add costs one flag; a wrong-length run costs hours.
+  """
+  steps_per_epoch = max(num_train_examples // config.batch_size, 1)
+  if config.num_train_steps > 0:
+    return steps_per_epoch, int(config.num_train_steps)
+  return steps_per_epoch, max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1)
+
+
+def check_against_data(config, num_train_examples: int | None = None,
+                       dataset_num_classes: int | None = None) -> None:
+  """Raises ConfigError when the config does not fit the opened dataset: fewer classes than
+  its labels, a global batch larger than the train split, num_epochs and num_train_steps
+  disagreeing, more progressive stages than steps, or an eval interval under one step. None
+  skips the checks that need it."""
+  # A head wider than the dataset's label set is legitimate (timm and TF-slim allow it: a
+  # 1001-way ImageNet head, a pretrained head kept for fine-tuning); a narrower one is not.
+  if dataset_num_classes is not None and config.num_classes < dataset_num_classes:
+    raise ConfigError(f'config.num_classes={config.num_classes} is smaller than the '
+                      f'{dataset_num_classes} classes of {config.dataset!r} (labels 0..'
+                      f'{dataset_num_classes - 1}): set config.num_classes='
+                      f'{dataset_num_classes}')
+  if num_train_examples is None:
+    return
+  if config.batch_size > num_train_examples:
+    raise ConfigError(f'config.batch_size={config.batch_size} is larger than the train split '
+                      f'config.train_split={config.train_split!r} ({num_train_examples} '
+                      f'examples): not one full batch per epoch')
+  steps_per_epoch, total_steps = training_length(config, num_train_examples)
+  if config.num_epochs > 0 and config.num_train_steps > 0:
+    by_epochs = max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1)
+    if by_epochs != total_steps:
+      raise ConfigError(
+          f'config.num_train_steps={config.num_train_steps} and config.num_epochs='
+          f'{config.num_epochs} (= {by_epochs} steps, {steps_per_epoch} per epoch) disagree '
+          f'on the run length: set config.num_epochs=0 to train by steps, or '
+          f'config.num_train_steps=-1 to train by epochs')
+  stages = config.progressive.num_stages if config.get('progressive') is not None else 0
+  if stages > total_steps:  # else it fails after the state is created (progressive.py)
+    raise ConfigError(f'config.progressive.num_stages={stages} must be in [1, total steps '
+                      f'({total_steps})]')
+  every = config.eval_every_epochs
+  if every > 0 and int(every * steps_per_epoch) < 1:  # train.py's interval, in whole steps
+    minimum = math.ceil(1e4 / steps_per_epoch) / 1e4
+    raise ConfigError(f'config.eval_every_epochs={every} is {every * steps_per_epoch:.3g} '
+                      f'steps at {steps_per_epoch} steps per epoch, under one step: use >= '
+                      f'{minimum} (one step), or <= 0 to evaluate only at the end')
 
 
 def validate_model_input(config, model) -> None:
