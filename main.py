@@ -7,23 +7,28 @@ Multi-process (one process per host, or several on one machine): set
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or the same as
 SENET_COORDINATOR_ADDRESS / SENET_NUM_PROCESSES / SENET_PROCESS_ID); on Cloud TPU pods and
 SLURM `--distributed` lets JAX discover them. Exit codes: 0 done, 1 unexpected error, 2 bad
-config (or a checkpoint of another model/config), 3 non-finite loss, 4 unusable or unwritable
-checkpoint, 5 workdir in use by another run, 42 preempted (after writing a checkpoint, or
-before training started). Errors are one or two lines; --verbose adds the traceback.
+config (or a checkpoint of another model/config), 3 non-finite loss or state (never saved),
+4 unusable or unwritable checkpoint (disk full, damaged), 5 workdir in use by another run,
+42 preempted by SIGTERM (after writing a checkpoint, or before training started), 130 Ctrl-C
+(after writing a checkpoint; a second Ctrl-C aborts at once). Errors are one line; --verbose
+adds the traceback.
 """
 import os
 import signal
 import sys
 
 
-def _preempted_while_starting(signum, frame):  # noqa: ARG001
-  # Nothing is written before the trainer installs its own handler: stop now, as preempted.
-  print('preempted while starting; nothing to save', file=sys.stderr)
-  os._exit(42)
+def _stopped_while_starting(signum, frame):  # noqa: ARG001
+  # Nothing is written before the trainer installs its own handlers: stop now.
+  interrupted = signum == signal.SIGINT
+  print(f'{"interrupted" if interrupted else "preempted"} while starting; nothing to save',
+        file=sys.stderr)
+  os._exit(130 if interrupted else 42)
 
 
 if __name__ == '__main__':
-  signal.signal(signal.SIGTERM, _preempted_while_starting)  # imports take seconds
+  signal.signal(signal.SIGTERM, _stopped_while_starting)  # imports take seconds
+  signal.signal(signal.SIGINT, _stopped_while_starting)
   # Before anything allocates: XLA:CPU is much faster on jemalloc.
   from senet_jax.utils import allocator, xla_flags
   allocator.reexec_with_jemalloc()
@@ -56,11 +61,15 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 class _QuietLibraries:
-  """Drops INFO chatter of orbax (one line per file written), TFDS and JAX's backend search."""
+  """Drops INFO chatter of orbax (one line per file written), TFDS and JAX's backend search,
+  and (without --verbose) every orbax record: its failures reach the user as our own one-line
+  CheckpointError, and its tracebacks from background threads would bury that line."""
   NOISY = ('/orbax/', '/tensorflow_datasets/', 'xla_bridge.py')
 
   def filter(self, record) -> bool:
     import logging as py_logging
+    if '/orbax/' in record.pathname and not FLAGS.verbose:
+      return False
     return record.levelno >= py_logging.WARNING or not any(
         n in record.pathname for n in self.NOISY)
 
@@ -95,6 +104,7 @@ def main(argv):
   _hide_accelerators_from_tensorflow()
   _init_distributed()
   import train  # after distributed init: it queries devices
+  from senet_jax import errors
   from senet_jax.training import preemption, workdir_lock
   config = FLAGS.config
   try:
@@ -102,16 +112,26 @@ def main(argv):
                else train.train_and_evaluate(config, FLAGS.workdir))
   except preemption.Preempted as err:
     logging.warning('%s', err)
-    sys.exit(train.PREEMPTED_EXIT_CODE)
-  except (train.ConfigError, train.NonFiniteLossError, train.CheckpointError,
-          workdir_lock.WorkdirLockedError) as err:
-    # ConfigError first: a checkpoint of another model is both, and a config mistake.
-    code = (2 if isinstance(err, train.ConfigError) else 3
-            if isinstance(err, train.NonFiniteLossError) else 5
-            if isinstance(err, workdir_lock.WorkdirLockedError) else 4)
+    _exit(err.exit_code)
+  except (errors.SenetError, workdir_lock.WorkdirLockedError) as err:
+    # The error's own status: a checkpoint of another model is a CheckpointError and a config
+    # mistake, and exits 2 (errors.py).
+    code = 5 if isinstance(err, workdir_lock.WorkdirLockedError) else errors.exit_code(err)
     _fail(err, code, 'bad config: ' if code == 2 else '')
   from senet_jax.training import progress
   print(f'final eval: {progress.format_results(results)}')
+
+
+def _exit(code: int) -> None:
+  """Ends the process now: the run's lock is released and its files are closed by then.
+
+  os._exit rather than sys.exit: after a failed save, orbax's background threads may never
+  finish, and the interpreter would wait for them at shutdown (a hung job instead of exit 4).
+  """
+  sys.stdout.flush()
+  sys.stderr.flush()
+  logging.flush()
+  os._exit(code)
 
 
 def _fail(err: BaseException, code: int, prefix: str = '') -> None:
@@ -120,7 +140,7 @@ def _fail(err: BaseException, code: int, prefix: str = '') -> None:
     import traceback
     traceback.print_exception(err)
   print(f'error: {prefix}{err}', file=sys.stderr)
-  sys.exit(code)
+  _exit(code)
 
 
 def _parse_flags(argv):

@@ -20,7 +20,7 @@ import numpy as np
 from clu import periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from senet_jax import evaluation
+from senet_jax import errors, evaluation
 from senet_jax.convert import hub
 from senet_jax.data import pipeline
 from senet_jax.models import builder, create_model, min_resolution
@@ -32,11 +32,9 @@ from senet_jax.training import sharding as sharding_lib
 from senet_jax.training.state import abstract_state, create_sharded_state
 from senet_jax.training.validate import ConfigError, validate_config, validate_model_input
 
-PREEMPTED_EXIT_CODE = 42  # distinct exit status after a preemption checkpoint
-
-
-class NonFiniteLossError(RuntimeError):
-  """The training loss became NaN/inf; the last good checkpoint is kept."""
+PREEMPTED_EXIT_CODE = preemption.PREEMPTED_EXIT_CODE  # exit status after a preemption checkpoint
+# The training loss (or a state leaf) became NaN/inf; the last good checkpoint is kept.
+NonFiniteLossError = errors.NonFiniteError
 
 
 def _log(msg: str, *args) -> None:
@@ -162,16 +160,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   validate_config(config, workdir, jax.device_count(), jax.process_count(), eval_only)
   lock = (None if eval_only else
           workdir_lock.acquire_for_run(workdir, jax.process_index(), jax.process_count()))
+  watcher = preemption.PreemptionWatcher()  # a SIGTERM / Ctrl-C from here on is handled
   try:
-    return _train_and_evaluate(config, workdir, eval_only)
+    return _train_and_evaluate(config, workdir, eval_only, watcher)
   finally:
+    watcher.close()
     if lock is not None:
       lock.release()
 
 
-def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]:
+def _train_and_evaluate(config, workdir: str, eval_only: bool, watcher) -> dict[str, Any]:
   # ---- Setup and mesh ------------------------------------------------------------------
-  watcher = preemption.PreemptionWatcher()  # first: a SIGTERM from here on is handled
   os.makedirs(workdir, exist_ok=True)
   check_shared_workdir(workdir)
   if config.compilation_cache_dir:
@@ -270,7 +269,7 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
     hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
   if watcher.should_stop(start_step):  # SIGTERM before the first step: nothing new to save
     checkpointer.close()
-    raise preemption.Preempted(start_step)
+    raise watcher.stopped(start_step, saved=False)
   if start_step < total_steps:
     _log(progress_lib.loss_legend(config.label_smoothing, config.weight_decay))
   pending, window_start, t0 = [], start_step, time.perf_counter()
@@ -316,13 +315,14 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool) -> dict[str, Any]
       best_top1 = max(results.get('top1', 0.0), results.get('ema_top1', 0.0))
       save(step, {'top1': best_top1} if do_eval else None, force=is_last)
     if not is_last and watcher.should_stop(step):  # after the last step: simply finish
-      _log('preemption requested: checkpoint at step %d, exiting', step)
-      if not do_save:
+      _log('stop requested: checkpoint at step %d, exiting', step)
+      if not do_save:  # the same rule as every save: a non-finite loss is never written
+        _check_finite(pending, window_start)
         save(step, force=True)
       progress.close()
       checkpointer.close()
       writer.flush()
-      raise preemption.Preempted(step)
+      raise watcher.stopped(step)
   progress.close()
   checkpointer.close()
   writer.flush()

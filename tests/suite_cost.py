@@ -74,6 +74,10 @@ SLOW = {
     'tests/test_se_networks.py::test_trains_a_few_steps_on_digits[se_vgg16]',
     'tests/test_features.py::test_features_match_timm[legacy_seresnext50_32x4d]',
     'tests/test_checkpoint_safety.py::test_second_run_on_a_locked_workdir_exits_5_naming_the_first',
+    # Round 3 (issue 31): four main.py processes, 82 s under load. Sibling kept: the in-process
+    # test_preemption_after_a_nonfinite_loss_writes_nothing_and_raises (the same save path).
+    'tests/test_checkpoint_integrity.py::'
+    'test_nan_then_sigterm_three_times_keeps_the_good_checkpoint_and_exits_3',
 }
 
 

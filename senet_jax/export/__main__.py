@@ -20,6 +20,7 @@ import tempfile
 
 import numpy as np
 
+from senet_jax.errors import OutputWriteError, write_failure_cause
 from senet_jax.export import serving
 from senet_jax.utils import cli
 
@@ -43,14 +44,35 @@ def calibration_images(dataset: str, split: str, data_dir: str | None, count: in
 
 def export(servable: serving.Servable, fmt: str, output: str,
            calibration: np.ndarray | None = None) -> None:
-  """Writes `output` in format `fmt` (via a temporary path: never half an artifact)."""
-  from senet_jax.export import tf_formats
+  """Writes `output` in format `fmt` (via a temporary path: never half an artifact).
+
+  A write failure (disk full, permission, I/O) raises OutputWriteError (exit 4) naming the
+  output; the temporary files are removed and nothing is left at `output`.
+  """
   serving.check_supported(servable, fmt)
   if os.path.exists(output):
     raise serving.ExportError(f'--output={output!r} exists; choose a new path')
   parent = os.path.dirname(os.path.abspath(output))
-  os.makedirs(parent, exist_ok=True)
-  work = tempfile.mkdtemp(prefix='.export-', dir=parent)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix='.export-', dir=parent)
+    _write_artifact(servable, fmt, output, work, calibration)
+  except Exception as err:  # noqa: BLE001 - only write failures are re-labelled
+    cause = write_failure_cause(err)
+    if cause is None:
+      raise
+    for leftover in (output, output + '.preprocessing.json'):
+      if os.path.isdir(leftover):
+        shutil.rmtree(leftover, ignore_errors=True)
+      elif os.path.lexists(leftover):
+        os.remove(leftover)
+    raise OutputWriteError(f'writing --output={output} failed: {cause} ({type(err).__name__}: '
+                           f'{(str(err).splitlines() or [""])[0][:200]}); nothing was written '
+                           f'there. Free space or choose another path') from err
+
+
+def _write_artifact(servable, fmt: str, output: str, work: str, calibration) -> None:
+  from senet_jax.export import tf_formats
   try:
     result = os.path.join(work, 'artifact')
     if fmt == 'stablehlo':

@@ -17,18 +17,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from senet_jax.training.validate import ConfigError
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint cannot be used (wrong model, unreadable, ...); the message says why."""
-
-
-class CheckpointMismatchError(CheckpointError, ConfigError):
-  """The checkpoint is intact but holds another model/optimizer: a config mistake (exit 2)."""
-
+from senet_jax.errors import (CheckpointDamagedError, CheckpointError,  # noqa: F401 (re-exported)
+                              CheckpointMismatchError, NonFiniteError, write_failure_cause)
+from senet_jax.training import integrity
 
 BROKEN = '.broken'  # suffix of set-aside (damaged) checkpoint directories
+# What orbax puts in every step directory it writes: a numbered entry holding none of these was
+# not written by the trainer, and is never overwritten, deleted or renamed.
+_ORBAX_MARKERS = ('_CHECKPOINT_METADATA', 'commit_success.txt', 'state', 'meta')
 
 
 def _not_missing_metrics_note(record) -> bool:
@@ -95,6 +91,12 @@ class Checkpointer:
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'meta': ocp.JsonCheckpointHandler()})
     self._writing = None  # step of the save that may still be in flight
+    foreign = foreign_entries(self.directory)
+    if foreign:  # orbax would delete them (a numbered entry looks like one of its steps)
+      raise CheckpointError(
+          f'{self.directory} holds {", ".join(foreign)}, which the trainer did not write (no '
+          f'orbax checkpoint inside); move it out of {self.directory} -- the trainer never '
+          f'deletes or renames what it did not write')
 
   def latest_step(self) -> int | None:
     """Newest complete checkpoint step, or None."""
@@ -106,13 +108,27 @@ class Checkpointer:
 
   def save(self, step: int, state, meta: dict, metrics: dict | None = None,
            force: bool = False) -> bool:
-    """Starts an (async) save of `state` and `meta` at `step`.
+    """Starts an (async) save of `state` and `meta` at `step`: the one path of every save.
 
-    A failed write (disk full, unwritable directory) raises CheckpointError saying so; orbax
-    writes into a temporary directory first, so the previous checkpoints stay intact.
+    A state holding NaN/inf in any leaf raises NonFiniteError and nothing is written. The saved
+    record carries a checksum of every array and of itself (training/integrity.py), verified on
+    restore. A failed write (disk full, unwritable directory) raises CheckpointError saying so;
+    orbax writes into a temporary directory first, so the previous checkpoints stay intact.
     """
     if self._writing is not None:
       self.wait()  # surfaces a failure of the previous save under its own step number
+    digests, nonfinite = integrity.inspect(state)
+    if nonfinite:
+      raise NonFiniteError(
+          f'the state at step {step} holds NaN/inf ({nonfinite[0]}'
+          f'{f" and {len(nonfinite) - 1} more arrays" if len(nonfinite) > 1 else ""}); it was '
+          f'not saved. Checkpoints kept: {complete_steps(self.directory) or "none"}')
+    target = os.path.join(self.directory, str(step))
+    if os.path.lexists(target):  # orbax would replace it
+      raise CheckpointError(
+          f'{target} already exists and the trainer did not write it in this run; move it out '
+          f'of {self.directory} and rerun (nothing was deleted)')
+    meta = integrity.seal(meta, digests)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     try:
       started = self.manager.save(step, args=args, metrics=metrics, force=force)
@@ -134,6 +150,8 @@ class Checkpointer:
     try:
       self.manager.wait_until_finished()
       self.manager.check_for_errors()
+      if self._writing is not None and jax.process_index() == 0:  # committed: seal its files
+        integrity.seal_files(os.path.join(self.directory, str(self._writing)))
     except Exception as err:  # noqa: BLE001 - re-raised with context
       raise self._write_error(self._writing, err) from err
     self._writing = None
@@ -142,17 +160,20 @@ class Checkpointer:
     # What is on disk, not orbax's in-memory list: a committed step is a directory named by
     # its number (orbax renames the temporary directory only once the write is complete).
     good = [s for s in complete_steps(self.directory) if s != step]
-    first_line = (str(err).splitlines() or [''])[0][:300]
+    # The OS's words first: orbax/tensorstore bury them at the end of a long message.
+    cause = write_failure_cause(err)
     return CheckpointError(
         f'writing checkpoint {"" if step is None else step} under {self.directory} failed: '
-        f'{type(err).__name__}: {first_line}. Previous checkpoints are intact: {good or "none"}; '
-        f'free space or fix permissions, then rerun the same command to resume')
+        f'{cause + " -- " if cause else ""}{describe(err, 200)}. Previous checkpoints '
+        f'are intact: {good or "none"}; free space or fix permissions, then rerun the same '
+        f'command to resume')
 
   def restore_latest_usable(self, abstract_state, model_name: str = '') -> tuple[Any, dict,
                                                                                   int] | None:
     """Restores the newest checkpoint that reads back, setting aside damaged newer ones.
 
-    Damage is a read failure of the checkpoint's own (I/O, format, checksum). A checkpoint that
+    Damage is a read failure of the checkpoint's own (I/O, format), an array or record that
+    fails its checksum, or a NaN/inf in the restored state. A checkpoint that
     reads but does not fit the model is a config mistake: CheckpointMismatchError, nothing on
     disk touched. Damaged ones are renamed `<step>.broken` only once an older one has restored
     (never the only ones left); when none restores, nothing is renamed and CheckpointError says
@@ -165,7 +186,7 @@ class Checkpointer:
       except CheckpointError:
         raise
       except Exception as err:  # noqa: BLE001 - a read failure after the structure matched
-        reason = f'{type(err).__name__}: {(str(err).splitlines() or [""])[0][:200]}'
+        reason = describe(err)
         logging.warning('checkpoint %s/%d is unreadable (%s); trying an older one',
                         self.directory, step, reason)
         damaged.append((step, reason))
@@ -214,6 +235,7 @@ class Checkpointer:
     Raises CheckpointMismatchError (naming the saved and configured models) when the saved
     tree differs from `abstract_state` in structure or shapes; other failures propagate.
     """
+    integrity.verify_files(os.path.join(self.directory, str(step)))
     saved = self.manager.item_metadata(step)
     if saved is not None and saved.get('state') is not None:
       target = flax.serialization.to_state_dict(abstract_state)
@@ -226,7 +248,9 @@ class Checkpointer:
             f'trained with, or another --workdir (nothing on disk was changed)')
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return restored['state'], dict(restored['meta'] or {})
+    meta = dict(restored['meta'] or {})
+    integrity.verify(meta, restored['state'], f'{self.directory}/{step}')
+    return restored['state'], meta
 
   def _saved_model(self, step: int) -> str:
     try:
@@ -248,6 +272,36 @@ def complete_steps(directory: str) -> list[int]:
   except OSError:
     return []
   return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def foreign_entries(directory: str) -> list[str]:
+  """Numbered entries of `directory` that are not orbax checkpoints (a file, a link, a directory
+  without any of orbax's files): orbax would take them for steps and overwrite or delete them."""
+  try:
+    names = sorted(n for n in os.listdir(directory) if n.isdigit())
+  except OSError:
+    return []
+  foreign = []
+  for name in names:
+    path = os.path.join(directory, name)
+    if (os.path.islink(path) or not os.path.isdir(path)
+        or not any(os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS)):
+      foreign.append(name)
+  return foreign
+
+
+def describe(err: BaseException, limit: int = 200) -> str:
+  """'Type: first line of the message' of an exception, readable whatever the library put in it
+  (some tensorstore errors render as a bound method; their args or cause say more)."""
+  text = str(err)
+  if not text.strip() or '<bound method' in text:
+    text = next((str(a) for a in getattr(err, 'args', ()) if '<bound method' not in str(a)),
+                '') or (describe(err.__cause__, limit) if err.__cause__ else repr(err))
+  return f'{type(err).__name__}: {(text.splitlines() or [""])[0][:limit]}'
+
+
+def _has_item(directory: str, step: int, item: str) -> bool:
+  return os.path.isdir(os.path.join(directory, str(step), item))
 
 
 def set_aside_checkpoints(directory: str) -> list[str]:
@@ -272,20 +326,25 @@ def load_params(directory: str) -> dict:
       continue
     manager = ocp.CheckpointManager(
         os.path.abspath(candidate), options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={'state': ocp.StandardCheckpointHandler()})
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
     step = manager.latest_step()
     if step is None:
       continue
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     try:
+      integrity.verify_files(os.path.join(candidate, str(step)))
       saved = _as_tree(manager.item_metadata(step)['state'])
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                             saved, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
-      state = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))['state']
+      items = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target),
+          **({'meta': ocp.args.JsonRestore()} if _has_item(candidate, step, 'meta') else {})))
+      state = items['state']
+      integrity.verify(dict(items.get('meta') or {}), state, f'{candidate}/{step}')
     except Exception as err:  # noqa: BLE001 - damaged files: one line naming the checkpoint
-      raise CheckpointError(f'checkpoint {candidate}/{step} is unreadable ({type(err).__name__}: '
-                            f'{(str(err).splitlines() or [""])[0][:200]})') from None
+      raise CheckpointError(f'checkpoint {candidate}/{step} is unreadable ({describe(err)})'
+                            ) from None
     return {k: jax.tree.map(np.asarray, state[k]) for k in ('params', 'batch_stats')
             if k in state}
   raise CheckpointError(f'no checkpoint found under {directory!r} (config.init_from)')

@@ -1,23 +1,36 @@
-"""Preemption: stop at a step all processes agree on, after a committed checkpoint.
+"""Preemption and Ctrl-C: stop at a step all processes agree on, after a committed checkpoint.
 
 With `jax.distributed.initialize()` JAX owns SIGTERM and its preemption sync point tells every
 process the same step to stop at, so the loop polls `reached_preemption_sync_point`. In a
 single process without the distributed runtime, a SIGTERM handler sets a flag instead.
+
+Ctrl-C (SIGINT) does what SIGTERM does -- checkpoint at the step boundary, one line -- but exits
+130 (interrupted by the user) instead of 42 (preempted: a scheduler requeues on 42). A second
+Ctrl-C aborts at once, keeping the checkpoints already written.
 """
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 from jax.experimental import multihost_utils
 
 
-class Preempted(Exception):
-  """Raised after the preemption checkpoint at `step` is committed (main.py exits with 42)."""
+PREEMPTED_EXIT_CODE = 42    # SIGTERM / the scheduler's preemption notice: requeue me
+INTERRUPTED_EXIT_CODE = 130  # Ctrl-C: 128 + SIGINT, as shells report it
 
-  def __init__(self, step: int):
-    super().__init__(f'preempted; checkpoint written at step {step}')
+
+class Preempted(Exception):
+  """Raised after the checkpoint at `step` is committed; `exit_code` is 42 for a preemption
+  (SIGTERM) and 130 for Ctrl-C."""
+
+  def __init__(self, step: int, interrupted: bool = False, saved: bool = True):
+    what = 'interrupted (Ctrl-C)' if interrupted else 'preempted'
+    super().__init__(f'{what}; checkpoint written at step {step}' if saved else
+                     f'{what} at step {step}; nothing new to save, rerun to resume')
     self.step = step
+    self.exit_code = INTERRUPTED_EXIT_CODE if interrupted else PREEMPTED_EXIT_CODE
 
 
 def distributed_is_initialized() -> bool:
@@ -31,12 +44,35 @@ class PreemptionWatcher:
 
   def __init__(self):
     self._requested = threading.Event()
+    self.interrupted = False  # True once Ctrl-C asked for the stop
     self._distributed = distributed_is_initialized()
-    if not self._distributed and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      if not self._distributed:
+        self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
 
   def _on_sigterm(self, signum, frame):  # noqa: ARG002
     self._requested.set()
+
+  def _on_sigint(self, signum, frame):  # noqa: ARG002
+    self.interrupted = True
+    print('Ctrl-C: writing a checkpoint at the end of this step, then stopping (Ctrl-C again '
+          'to abort at once)', file=sys.stderr, flush=True)
+    # The second Ctrl-C is the kernel's default action: it ends the process even inside a long
+    # compile or step, where a Python handler would only run once the C++ call returns.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    self._requested.set()
+
+  def close(self) -> None:
+    """Gives the signals back to the handlers that were installed before."""
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def stopped(self, step: int, saved: bool = True) -> Preempted:
+    """The exception that ends the run at `step` (exit 42 preempted, 130 Ctrl-C)."""
+    return Preempted(step, interrupted=self.interrupted, saved=saved)
 
   def request(self) -> None:
     """Asks the loop to stop at the next step boundary (tests, other signals)."""

@@ -4,14 +4,11 @@ from __future__ import annotations
 import math
 import os
 
+from senet_jax.errors import ConfigError  # noqa: F401 (re-exported: defined in the leaf module)
 from senet_jax.models import list_models, min_resolution, model_info
 from senet_jax.training import config_fields, optim, remat, sharding
 
 MIN_RESOLUTION = 32  # every registered network downsamples by 32
-
-
-class ConfigError(ValueError):
-  """A config value is invalid; the message names the field and what was expected."""
 
 
 def validate_fields(config) -> None:

@@ -16,7 +16,8 @@ Exit statuses (the same numbers as main.py's where they overlap):
   2  bad arguments or input: a flag value, a file that is missing, unreadable or not what was
      expected (an image, a weights file, a config), an unknown model or dataset. Tools that take
      several files still process the others, name each bad one, then exit 2
-  4  missing or unusable checkpoint
+  4  missing or unusable checkpoint, or an output that could not be written (disk full,
+     permission, I/O): nothing is left at the output path
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import argparse
 import sys
 import traceback
 from typing import Callable
+
+from senet_jax import errors
 
 DONE, UNEXPECTED, BAD_INPUT, BAD_CHECKPOINT = 0, 1, 2, 4
 
@@ -49,12 +52,10 @@ def parser(doc: str | None, **kwargs) -> ArgumentParser:
 
 def exit_code(err: BaseException) -> int | None:
   """The exit status of an expected error, None for an unexpected one (a bug)."""
+  if isinstance(err, errors.SenetError):  # ours: the status it declares (senet_jax/errors.py)
+    return errors.exit_code(err)
   if isinstance(err, (ValueError, OSError)):  # config / input mistakes, unreadable files
-    return BAD_INPUT  # (before CheckpointError: a checkpoint of another model is a ValueError)
-  # Only code that imported the checkpoint module can raise its errors: no import needed here.
-  checkpoint = sys.modules.get('senet_jax.training.checkpoint')
-  if checkpoint is not None and isinstance(err, checkpoint.CheckpointError):
-    return BAD_CHECKPOINT
+    return BAD_INPUT
   return None
 
 
