@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import threading
 from typing import Any
 
 import flax
@@ -91,6 +92,7 @@ class Checkpointer:
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'meta': ocp.JsonCheckpointHandler()})
     self._writing = None  # step of the save that may still be in flight
+    self._sealing = None  # thread writing the file checksums of the last committed step
     foreign = foreign_entries(self.directory)
     if foreign:  # orbax would delete them (a numbered entry looks like one of its steps)
       raise CheckpointError(
@@ -148,13 +150,34 @@ class Checkpointer:
   def wait(self) -> None:
     """Blocks until pending saves are committed."""
     try:
+      self._join_sealing()
       self.manager.wait_until_finished()
       self.manager.check_for_errors()
-      if self._writing is not None and jax.process_index() == 0:  # committed: seal its files
-        integrity.seal_files(os.path.join(self.directory, str(self._writing)))
     except Exception as err:  # noqa: BLE001 - re-raised with context
       raise self._write_error(self._writing, err) from err
+    if self._writing is not None and jax.process_index() == 0:
+      # Committed: list its files' checksums in the background (hashing every byte of the
+      # step would otherwise stall the training loop); joined by the next wait() and close().
+      self._sealing = (self._writing, threading.Thread(
+          target=self._seal, args=(self._writing,), daemon=True))
+      self._sealing[1].start()
     self._writing = None
+
+  def _seal(self, step: int) -> None:
+    try:
+      integrity.seal_files(os.path.join(self.directory, str(step)))
+    except OSError as err:  # reported by _join_sealing, under this step's number
+      self._seal_error = err
+
+  def _join_sealing(self) -> None:
+    if self._sealing is None:
+      return
+    step, thread = self._sealing
+    thread.join()
+    self._sealing = None
+    err, self._seal_error = getattr(self, '_seal_error', None), None
+    if err is not None:
+      raise self._write_error(step, err)
 
   def _write_error(self, step, err) -> CheckpointError:
     # What is on disk, not orbax's in-memory list: a committed step is a directory named by
@@ -235,7 +258,7 @@ class Checkpointer:
     Raises CheckpointMismatchError (naming the saved and configured models) when the saved
     tree differs from `abstract_state` in structure or shapes; other failures propagate.
     """
-    integrity.verify_files(os.path.join(self.directory, str(step)))
+    files_verified = integrity.verify_files(os.path.join(self.directory, str(step)))
     saved = self.manager.item_metadata(step)
     if saved is not None and saved.get('state') is not None:
       target = flax.serialization.to_state_dict(abstract_state)
@@ -249,7 +272,8 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     meta = dict(restored['meta'] or {})
-    integrity.verify(meta, restored['state'], f'{self.directory}/{step}')
+    integrity.verify(meta, restored['state'], f'{self.directory}/{step}',
+                     arrays=not files_verified)
     return restored['state'], meta
 
   def _saved_model(self, step: int) -> str:
@@ -260,9 +284,13 @@ class Checkpointer:
       return 'unknown'
 
   def close(self) -> None:
-    """Waits for pending saves (raising CheckpointError on failure), then closes."""
+    """Waits for pending saves and their file checksums (raising CheckpointError on failure),
+    then closes."""
     self.wait()
-    self.manager.close()
+    try:
+      self._join_sealing()
+    finally:
+      self.manager.close()
 
 
 def complete_steps(directory: str) -> list[int]:
@@ -333,7 +361,7 @@ def load_params(directory: str) -> dict:
       continue
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     try:
-      integrity.verify_files(os.path.join(candidate, str(step)))
+      files_verified = integrity.verify_files(os.path.join(candidate, str(step)))
       saved = _as_tree(manager.item_metadata(step)['state'])
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                             saved, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
@@ -341,7 +369,8 @@ def load_params(directory: str) -> dict:
           state=ocp.args.StandardRestore(target),
           **({'meta': ocp.args.JsonRestore()} if _has_item(candidate, step, 'meta') else {})))
       state = items['state']
-      integrity.verify(dict(items.get('meta') or {}), state, f'{candidate}/{step}')
+      integrity.verify(dict(items.get('meta') or {}), state, f'{candidate}/{step}',
+                       arrays=not files_verified)
     except Exception as err:  # noqa: BLE001 - damaged files: one line naming the checkpoint
       raise CheckpointError(f'checkpoint {candidate}/{step} is unreadable ({describe(err)})'
                             ) from None
