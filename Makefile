@@ -18,14 +18,19 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: test test-slow test-all quickstart bench clean
 
+# uv (from PyPI, into the venv) installs the requirements: parallel downloads and no per-file
+# pip overhead make a fresh environment about twice as fast as pip (README, Tests).
+UV := $(VENV)/bin/uv
+UV_INSTALL = $(UV) pip install -q --python $(PY)
+
 $(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	@test -x $(UV) || $(PY) -m pip install -q 'uv>=0.5'
+	$(UV_INSTALL) -r requirements.txt
 	@touch $(RUNTIME_STAMP)
 
 $(STAMP): $(RUNTIME_STAMP) requirements-test.txt
-	$(PY) -m pip install -q -r requirements-test.txt
+	$(UV_INSTALL) -r requirements-test.txt
 	@touch $(STAMP)
 
 # worksteal: an idle worker takes queued tests from the busy one, so one long test near the end
