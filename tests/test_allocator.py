@@ -67,18 +67,30 @@ print('preload', os.environ.get('LD_PRELOAD', ''))
 '''
 
 
-def test_import_restarts_a_script_once_under_the_fast_allocator(tmp_path):
+def test_import_never_restarts_a_script(tmp_path):
+  out = _run_script(tmp_path, BODY, 'mine/script.py', '--flag=1').splitlines()
+  # Each line once: `import senet_jax` has no effect on the process (issue 32).
+  assert out == ["start __main__ - ['--flag=1']", 'preload ']
+
+
+OPT_IN = BODY.replace('import senet_jax, os', 'import senet_jax, os; senet_jax.use_fast_allocator()')
+
+
+def test_the_opt_ins_run_a_script_once_under_the_fast_allocator(tmp_path):
   import pytest
   if allocator.jemalloc_env({}) is None:
     pytest.skip('neither jemalloc nor mimalloc (requirements.txt) is installed')
-  out = _run_script(tmp_path, BODY, 'mine/script.py', '--flag=1').splitlines()
-  # The lines before the import ran twice (a restart), the rest once, under the allocator.
+  # `python -m senet_jax.run`: a new process image before the script starts: each line once.
+  out = _run_script(tmp_path, BODY, '-m', 'senet_jax.run', 'mine/script.py', '--flag=1')
+  out = out.splitlines()
+  assert out[0] == "start __main__ - ['--flag=1']" and len(out) == 2 and 'malloc' in out[1]
+  out = _run_script(tmp_path, BODY, '-m', 'senet_jax.run', '-m', 'mine.script', 'x').splitlines()
+  assert out[0] == "start __main__ mine ['x']" and 'malloc' in out[1]  # `-m` kept
+  # use_fast_allocator(): a restart, so the lines before the call ran twice, the rest once.
+  out = _run_script(tmp_path, OPT_IN, 'mine/script.py', '--flag=1').splitlines()
   assert out[:2] == ["start __main__ - ['--flag=1']"] * 2 and len(out) == 3
   assert 'malloc' in out[2]
-  out = _run_script(tmp_path, BODY, '-m', 'mine.script', 'x').splitlines()
-  assert out[1] == "start __main__ mine ['x']"  # `-m` kept: the package context survives
-  assert 'malloc' in out[2] and len(out) == 3
-  out = _run_script(tmp_path, BODY, 'mine/script.py', env={'SENET_NO_JEMALLOC': '1'})
+  out = _run_script(tmp_path, OPT_IN, 'mine/script.py', env={'SENET_NO_JEMALLOC': '1'})
   assert out.splitlines() == ['start __main__ - []', 'preload ']
-  out = _run_script(tmp_path, BODY, '-c', BODY)
+  out = _run_script(tmp_path, OPT_IN, '-c', OPT_IN)
   assert out.splitlines()[0] == 'start __main__ - []' and len(out.splitlines()) == 2

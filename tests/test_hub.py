@@ -18,7 +18,7 @@ timm = pytest.importorskip('timm')
 huggingface_hub = pytest.importorskip('huggingface_hub')
 
 from senet_jax.convert import hub  # noqa: E402
-from senet_jax.models import create_model  # noqa: E402
+from senet_jax import create_model  # noqa: E402  (pretrained= lives above models/)
 from tests.test_convert import compare, randomised_timm, torch_logits  # noqa: E402
 
 ARCH = 'tf_mobilenetv3_small_100'  # the smallest timm model the converter maps (2.5 M params)

@@ -22,7 +22,7 @@ from senet_jax.data import pipeline
 from senet_jax.data.preprocess import Preprocessing  # noqa: F401 - exported here too
 from senet_jax.evaluation import metrics
 from senet_jax.training import steps
-from senet_jax.training.validate import ConfigError
+from senet_jax.errors import ConfigError
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGENET_CLASSES_FILE = os.path.join(os.path.dirname(_HERE), 'data', 'imagenet_classes.txt')

@@ -62,17 +62,14 @@ def min_resolution(model: nn.Module) -> int:
 
 
 def create_model(name: str, *, num_classes: int | None = None, dtype: Any = jnp.float32,
-                 pretrained: str = '', features_only: bool = False,
-                 out_indices: tuple[int, ...] | None = None, **overrides) -> nn.Module:
-  """Builds a registered model.
+                 features_only: bool = False, out_indices: tuple[int, ...] | None = None,
+                 **overrides) -> nn.Module:
+  """Builds a registered model (the architecture; weights: `senet_jax.create_model`).
 
   Args:
     name: a name from `list_models()`.
-    num_classes: classifier size (default: 1000, or the pretrained weights' size).
+    num_classes: classifier size (default: 1000).
     dtype: compute dtype (e.g. `jnp.bfloat16`); parameters are always float32.
-    pretrained: a hub repository, e.g. 'timm/legacy_seresnet50.in1k' ('@revision' pins one):
-      returns the module bound to the converted weights (`module, variables = m.unbind()`);
-      see `senet_jax.convert.hub`.
     features_only: return a feature backbone (`senet_jax.models.features`): a list of feature
       maps at the reductions listed by `feature_info(model)`, timm's semantics.
     out_indices: which feature maps (indices into `feature_info`), default all.
@@ -84,6 +81,9 @@ def create_model(name: str, *, num_classes: int | None = None, dtype: Any = jnp.
     A `flax.linen.Module` mapping NHWC float images to `(N, num_classes)` float32 logits via
     `module.apply(variables, images, train=False)`.
   """
+  if 'pretrained' in overrides:  # moved above models/ (which never import the converters)
+    raise TypeError('senet_jax.models.create_model builds the architecture only; for hub '
+                    'weights use senet_jax.create_model(name, pretrained=...)')
   info = model_info(name)
   fields = {f.name for f in dataclasses.fields(info.module_cls)} - {'parent', 'name'}
   unknown = sorted(set(overrides) - fields)
@@ -97,9 +97,6 @@ def create_model(name: str, *, num_classes: int | None = None, dtype: Any = jnp.
   if 'conv_policy' in fields and 'conv_policy' not in overrides:
     kwargs['conv_policy'] = select_conv_policy()
   module = info.module_cls(**kwargs)
-  if pretrained:  # lazy imports: the reuse layers build on models, not the other way round
-    from senet_jax.convert import hub
-    module = hub.bind_pretrained(module, name, pretrained, overrides, num_classes)
   if features_only or out_indices is not None:
     from senet_jax.models import features
     module = features.features_only(module, out_indices)

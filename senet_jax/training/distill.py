@@ -20,7 +20,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from senet_jax.training.validate import ConfigError
+from senet_jax.errors import ConfigError
 
 _RESIZE = {'bicubic': 'cubic', 'bilinear': 'linear'}
 

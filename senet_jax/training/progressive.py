@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from senet_jax.training.validate import ConfigError
+from senet_jax.errors import ConfigError
 
 # The knobs a stage sets, in the config's `progressive` section: (first, last) pairs.
 KNOBS = ('image_size', 'dropout_rate', 'randaugment_magnitude', 'mixup_alpha')

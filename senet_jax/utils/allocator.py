@@ -15,11 +15,14 @@ in requirements.txt (Linux). jemalloc with one arena and no decay, where install
 (`apt-get install libjemalloc2`), is preferred as before. SENET_NO_JEMALLOC=1 opts out of both.
 
 An allocator can only be chosen when a process starts (LD_PRELOAD), so `main.py` re-executes
-itself first thing, and `import senet_jax` does the same for a user's own script
-(`reexec_for_script()`): a plain `create_model` + `jax.jit` script then runs as fast as
-`main.py`. Only a script run as `python script.py ...` or `python -m module ...` is restarted,
-with its exact command line (`sys.orig_argv`), and only before JAX has started a backend;
-never an interactive session, `python -c`, pytest or a notebook kernel.
+itself first thing, and so do the tools run as commands (`utils.cli.run`). A user's own script
+opts in explicitly: `python -m senet_jax.run script.py` or `senet_jax.use_fast_allocator()` as
+its first statement (`reexec_for_script()`); `import senet_jax` alone never restarts a process
+(a restart runs the lines above the import twice: surprising for debuggers, multiprocessing
+and scripts with side effects). Only a script run as `python script.py ...` or
+`python -m module ...` is restarted, with its exact command line (`sys.orig_argv`), and only
+before JAX has started a backend; never an interactive session, `python -c`, pytest or a
+notebook kernel.
 """
 from __future__ import annotations
 
@@ -96,7 +99,8 @@ def is_restartable_script(argv=None, orig_argv=None, modules=None) -> bool:
 
 
 def reexec_for_script() -> None:
-  """`import senet_jax`: restarts a plain script under the fast allocator, before JAX starts.
+  """Restarts a plain script under the fast allocator, before JAX starts (the tools' commands
+  and `senet_jax.use_fast_allocator()`).
 
   The same process id and the exact command line (`sys.orig_argv`, so `python -m pkg.mod` and
   interpreter options are kept); nothing happens when opted out (SENET_NO_JEMALLOC=1), when no

@@ -68,7 +68,13 @@ def fail(err: BaseException, code: int, verbose: bool = False) -> int:
 
 
 def run(body: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-  """`body(args)` (None counts as 0), with expected errors as one line and their exit code."""
+  """`body(args)` (None counts as 0), with expected errors as one line and their exit code.
+
+  A tool run as a command (`senet-<tool>`, `python -m senet_jax.<tool>`) is first restarted
+  under the fast allocator, as main.py is (only before JAX starts; never under pytest).
+  """
+  from senet_jax.utils import allocator
+  allocator.reexec_for_script()
   try:
     return body(args) or DONE
   except Exception as err:  # noqa: BLE001 - re-raised below unless it is an expected error

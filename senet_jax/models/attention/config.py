@@ -15,6 +15,19 @@ import flax.linen as nn
 
 from senet_jax.models import layers
 from senet_jax.models import squeeze_excite as se_lib
+from senet_jax.models.attention.cbam import CBAM
+from senet_jax.models.attention.eca import EfficientChannelAttention
+from senet_jax.models.attention.effective_se import EffectiveSE
+from senet_jax.models.attention.gather_excite import GatherExcite
+
+# name -> module class; every class takes the input channels from its input tensor.
+ATTN_LAYERS = {
+    'se': se_lib.SqueezeExcite,
+    'ese': EffectiveSE,
+    'eca': EfficientChannelAttention,
+    'cbam': CBAM,
+    'gather_excite': GatherExcite,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +61,6 @@ class AttentionConfig:
 
   def layer_cls(self):
     """The module class of `layer` (None when attention is off)."""
-    from senet_jax.models.attention import ATTN_LAYERS  # the registry imports this module
     if self.layer is None:
       return None
     layers.check_choice('attn_layer', self.layer, tuple(ATTN_LAYERS))
