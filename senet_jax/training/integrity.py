@@ -6,7 +6,9 @@ fall back to the previous one). A state holding a NaN/inf is never written and n
 1. Values: the checkpoint's JSON record carries a 64-bit digest of every saved array and of
    itself, computed on the devices before the write and saved atomically with the checkpoint.
 2. Files: once orbax has committed a step, `checksums.json` in the step directory lists the
-   sha256 of every file in it (written atomically after the commit). This covers the bytes
+   CRC-32C of every file in it (written atomically after the commit; hardware CRC through
+   `google-crc32c`, ~5 GB/s here against sha256's 0.6, the checksum cloud storage uses for the
+   same purpose). This covers the bytes
    orbax writes but never reads back (superseded per-process indexes, commit markers), so any
    flipped byte in a step directory is detected. A step killed between its commit and this
    file has only layer 1 -- still every value that is restored.
@@ -161,6 +163,7 @@ def verify(record: dict, state: Any, where: str, arrays: bool = True) -> None:
 
 
 def _file_digests(step_dir: str) -> dict[str, str]:
+  import google_crc32c
   digests = {}
   for root, _, names in os.walk(step_dir):
     for name in names:
@@ -168,22 +171,22 @@ def _file_digests(step_dir: str) -> dict[str, str]:
       rel = os.path.relpath(path, step_dir)
       if rel == FILES_NAME or rel.startswith(FILES_NAME + '.'):
         continue
-      sha = hashlib.sha256()
+      crc = google_crc32c.Checksum()
       with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''):
-          sha.update(block)
-      digests[rel] = sha.hexdigest()
+        for block in iter(lambda: f.read(1 << 24), b''):
+          crc.update(block)
+      digests[rel] = crc.hexdigest().decode()
   return digests
 
 
 def seal_files(step_dir: str) -> None:
-  """Writes `step_dir/checksums.json` (sha256 of every file) atomically: call once the step
+  """Writes `step_dir/checksums.json` (CRC-32C of every file) atomically: call once the step
   is committed. Does nothing if the step is gone (the retention policy may have removed it)."""
   if not os.path.isdir(step_dir):
     return
   tmp = os.path.join(step_dir, f'{FILES_NAME}.tmp')
   with open(tmp, 'w') as f:
-    json.dump({'algorithm': 'sha256', 'files': _file_digests(step_dir)}, f, indent=0)
+    json.dump({'algorithm': 'crc32c', 'files': _file_digests(step_dir)}, f, indent=0)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, os.path.join(step_dir, FILES_NAME))
@@ -207,5 +210,5 @@ def verify_files(step_dir: str) -> bool:
     if rel not in actual:
       raise CheckpointDamagedError(f'{step_dir}: {rel} is missing')
     if actual[rel] != digest:
-      raise CheckpointDamagedError(f'{step_dir}: {rel} fails its sha256 checksum')
+      raise CheckpointDamagedError(f'{step_dir}: {rel} fails its CRC-32C checksum')
   return True
