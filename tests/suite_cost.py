@@ -78,6 +78,10 @@ SLOW = {
     # test_preemption_after_a_nonfinite_loss_writes_nothing_and_raises (the same save path).
     'tests/test_checkpoint_integrity.py::'
     'test_nan_then_sigterm_three_times_keeps_the_good_checkpoint_and_exits_3',
+    # Issue 35 (NNX front end): a main.py run and a hub conversion; the converter-written
+    # round trip and the Linen-parity tests of tests/test_nnx.py stay.
+    'tests/test_nnx.py::test_a_trainer_checkpoint_round_trips',
+    'tests/test_nnx.py::test_pretrained_hub_weights_give_timm_logits',
 }
 
 
