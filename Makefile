@@ -52,5 +52,16 @@ quickstart: $(RUNTIME_STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
 
+# make data-fashion - Fashion-MNIST for the SE ablations (docs/evidence.md), offline once
+# installed: apt-get installs Debian's dataset-fashion-mnist (the four idx files, 30 MB, in
+# /usr/share/datasets/fashion-mnist; sudo unless root), then senet_jax.data.fashion_mnist
+# converts them into the TFDS dataset senet_fashion_mnist (ArrayRecord, 43 MB, ~40 s) in
+# ~/tensorflow_datasets, or FASHION_DATA_DIR (then pass it as --config.data_dir).
+.PHONY: data-fashion
+data-fashion: $(RUNTIME_STAMP)
+	@test -d /usr/share/datasets/fashion-mnist || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$S apt-get update -q && $$S apt-get install -y dataset-fashion-mnist; }
+	$(PY) -m senet_jax.data.fashion_mnist $(if $(FASHION_DATA_DIR),--data_dir=$(FASHION_DATA_DIR))
+
 clean:
 	rm -rf $(VENV) workdir

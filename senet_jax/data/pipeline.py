@@ -35,11 +35,15 @@ def open_source(dataset: str, split: str, data_dir: str | None = None):
     from senet_jax.data import digits
     resolution = int(dataset.split('/r')[1]) if '/r' in dataset else 32
     builder = digits.build(data_dir, resolution)
+  elif dataset == 'senet_fashion_mnist':
+    from senet_jax.data import fashion_mnist
+    builder = fashion_mnist.open_builder(data_dir)
   else:
     try:
       builder = tfds.builder(dataset, data_dir=data_dir)
     except Exception as err:  # DatasetNotFoundError and friends (its message is ~9000 chars)
-      hint = suggest(dataset.split('/')[0], [*tfds.list_builders(), 'senet_digits'])
+      hint = suggest(dataset.split('/')[0],
+                     [*tfds.list_builders(), 'senet_digits', 'senet_fashion_mnist'])
       raise ValueError(f'config.dataset={dataset!r}: not a TFDS dataset{hint} '
                        f'({type(err).__name__})') from None
     if not builder.is_prepared():

@@ -1,0 +1,183 @@
+"""Fashion-MNIST evidence: the idx reader, the offline TFDS builder (on idx files the test
+writes, so the Debian package is not needed), the ablation sweeps and the results table, which
+is regenerated from CSV files alone."""
+import csv
+import gzip
+import importlib.util
+import os
+import statistics
+import sys
+
+import numpy as np
+import pytest
+
+from senet_jax.data import fashion_mnist
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
+import ablation_table  # noqa: E402
+
+N_TRAIN, N_TEST = 200, 100
+SWEEP_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'sweeps',
+                          'fashion_mnist.py')
+
+
+def _images(n, seed):
+  """n distinct 28x28 images whose label is the column of a bright bar (learnable), + noise."""
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % 10
+  images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+  for i, label in enumerate(labels):
+    images[i, :, 2 + 2 * label:4 + 2 * label] = 250
+  return images, labels.astype(np.uint8)
+
+
+@pytest.fixture(scope='module')
+def fashion(tmp_path_factory):
+  """(idx_dir, data_dir, {split: (images, labels)}): generated idx files, built as TFDS."""
+  root = tmp_path_factory.mktemp('fashion')
+  idx_dir, data_dir = str(root / 'idx'), str(root / 'tfds')
+  os.makedirs(idx_dir)
+  splits = {'train': _images(N_TRAIN, 0), 'test': _images(N_TEST, 1)}
+  for split, (images, labels) in splits.items():
+    suffix = '.gz' if split == 'train' else ''  # both layouts the Debian/upstream files use
+    image_file, label_file = fashion_mnist.FILES[split]
+    fashion_mnist.write_idx(os.path.join(idx_dir, image_file + suffix), images)
+    fashion_mnist.write_idx(os.path.join(idx_dir, label_file + suffix), labels)
+  fashion_mnist.build(data_dir, idx_dir)
+  return idx_dir, data_dir, splits
+
+
+def test_idx_format_by_hand(tmp_path):
+  path = str(tmp_path / 'a-idx2-ubyte')
+  fashion_mnist.write_idx(path, np.array([[1, 2, 3], [4, 5, 255]], np.uint8))
+  # 00 00, type 0x08 (uint8), 2 dims; dims big-endian 2 and 3; then the bytes row-major.
+  assert open(path, 'rb').read() == bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3,
+                                            1, 2, 3, 4, 5, 255])
+  with gzip.open(str(tmp_path / 'b.gz'), 'wb') as f:
+    f.write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
+  assert fashion_mnist.read_idx(str(tmp_path / 'b.gz')).tolist() == [7, 8, 9]
+  with open(tmp_path / 'short', 'wb') as f:
+    f.write(bytes([0, 0, 8, 1, 0, 0, 0, 5, 7, 8]))  # says 5 labels, holds 2
+  with pytest.raises(ValueError, match=r'short: header says shape \(5,\).*truncated'):
+    fashion_mnist.read_idx(str(tmp_path / 'short'))
+  with open(tmp_path / 'png', 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n')
+  with pytest.raises(ValueError, match='png: not an idx file'):
+    fashion_mnist.read_idx(str(tmp_path / 'png'))
+
+
+def test_built_dataset_holds_every_image_padded_with_its_label(fashion):
+  import io
+  from PIL import Image
+  from senet_jax.data import pipeline
+  _, data_dir, splits = fashion
+  for split, (images, labels) in splits.items():
+    source = pipeline.open_source('senet_fashion_mnist', split, data_dir)
+    assert len(source) == len(images)
+    expected = {img.tobytes(): int(label) for img, label in zip(images, labels)}
+    seen = set()
+    for record in source.__getitems__(list(range(len(source)))):
+      stored = np.array(Image.open(io.BytesIO(record['image'])))
+      assert stored.shape == (32, 32)  # 28 + 2 x 2 black pixels
+      assert not stored[:2].any() and not stored[-2:].any() and not stored[:, :2].any()
+      inner = stored[2:30, 2:30].tobytes()
+      assert expected[inner] == int(record['label'])
+      seen.add(inner)
+    assert seen == set(expected)  # every image once
+
+
+def test_missing_dataset_and_idx_files_fail_with_one_line(tmp_path, monkeypatch, capsys):
+  from senet_jax.data import pipeline
+  monkeypatch.setattr(fashion_mnist, 'DEBIAN_DIR', str(tmp_path / 'not-installed'))
+  with pytest.raises(ValueError, match='is not prepared.*make data-fashion'):
+    pipeline.open_source('senet_fashion_mnist', 'train', str(tmp_path / 'tfds'))
+  assert fashion_mnist.main([f'--idx_dir={tmp_path}', f'--data_dir={tmp_path / "t"}']) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('error: ') and 'train-images-idx3-ubyte[.gz] does not exist' in err
+  assert len(err.splitlines()) == 1
+
+
+def test_ablation_points_and_paper_orderings_name_the_same_points():
+  from senet_jax import sweep
+  sweep.load_sweep(f'{SWEEP_FILE}:se')  # puts the repository root on sys.path
+  spec = importlib.util.spec_from_file_location('fashion_sweeps', SWEEP_FILE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert set(module.ABLATIONS) == set(ablation_table.PAPER)
+  for name, paper in ablation_table.PAPER.items():
+    _, points, _, _ = sweep.load_sweep(f'configs/sweeps/fashion_mnist.py:{name}')
+    names = {sweep.point_name(p) for p in points}
+    assert paper['best'] <= names and paper['worst'] <= names and set(paper['err']) <= names
+  with pytest.raises(ValueError, match="variant 'quick'"):
+    sweep.load_sweep('configs/sweeps/fashion_mnist.py:quick')
+
+
+def test_se_adds_the_papers_parameter_count():
+  from senet_jax import sweep
+  config, points, _, _ = sweep.load_sweep('configs/sweeps/fashion_mnist.py:se')
+  counts = [sweep.count_params(c.model, 10, c.model_kwargs, 32)
+            for c in (sweep.apply_point(config, p) for p in points)]
+  # Per SE block 2 C^2 / r weights + C / r + C biases; r = 4, two blocks of C = 16, 32, 64.
+  expected = sum(2 * (2 * c * c // 4 + c // 4 + c) for c in (16, 32, 64))
+  assert expected == 5656 and counts[0] - counts[1] == expected
+
+
+def _rows(ablation, values):
+  """CSV rows: {point: [top-1 per seed]}."""
+  return [dict(ablation=ablation, point=point, seed=seed, finished=True, params=1000, step=10,
+               top1=v, top5=1.0, ema_top1=None, loss=0.5, seconds=60.0)
+          for point, vs in values.items() for seed, v in enumerate(vs)]
+
+
+def test_agreement_with_the_papers_ordering():
+  def verdict(values):
+    return ablation_table.agreement('se_gate', ablation_table.point_rows(_rows('se_gate', values)))
+  # std 0.005 each; a 0.10 gap is 10 std apart.
+  assert verdict({'se_gate=sigmoid': [.90, .91], 'se_gate=tanh': [.85, .86],
+                  'se_gate=relu': [.80, .81]}) == 'agrees'
+  assert verdict({'se_gate=sigmoid': [.80, .81], 'se_gate=tanh': [.85, .86],
+                  'se_gate=relu': [.90, .91]}) == 'disagrees'
+  assert verdict({'se_gate=sigmoid': [.80, .85], 'se_gate=tanh': [.82, .81],
+                  'se_gate=relu': [.83, .80]}) == 'not separated'
+  assert verdict({'se_gate=sigmoid': [.90], 'se_gate=tanh': [.80]}).startswith('not separated')
+
+
+def _by_hand(path):
+  """{point: (mean, sample std) of top-1 in %} straight from the CSV file."""
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  points = {}
+  for r in rows:
+    points.setdefault(r['point'], []).append(100 * float(r['top1']))
+  return {p: (statistics.fmean(v), statistics.stdev(v)) for p, v in points.items()}
+
+
+def test_tiny_sweep_end_to_end_then_table_from_its_csv(fashion, tmp_path):
+  from senet_jax import sweep
+  _, data_dir, _ = fashion
+  config, points, _, _ = sweep.load_sweep('configs/sweeps/fashion_mnist.py:se_gate')
+  # One stage of one 8-channel block: the compile dominates, two per point (train, eval).
+  config.model_kwargs.update(dict(stage_sizes=(1,), stage_planes=(8,), stem_width=8,
+                                  se_stages=(2,)))
+  config.update(dict(data_dir=data_dir, train_split='train', num_epochs=0.0, num_train_steps=2,
+                     batch_size=20, eval_batch_size=50, checkpoint_every_steps=100))
+  workdir, results = str(tmp_path / 'sweep'), str(tmp_path / 'results')
+  sweep.run(config, points[:2], workdir, seeds=[0, 1])
+  path = os.path.join(results, 'fashion_mnist_se_gate.csv')
+  ablation_table.write_csv(path, ablation_table.run_rows('se_gate', points[:2], workdir))
+  doc = tmp_path / 'evidence.md'
+  doc.write_text(f'intro\n{ablation_table.MARKERS[0]}\nold\n{ablation_table.MARKERS[1]}\nend\n')
+  assert ablation_table.main([f'--results_dir={results}', f'--doc={doc}']) == 0
+  text = doc.read_text()
+  assert text.startswith('intro\n') and text.endswith(f'{ablation_table.MARKERS[1]}\nend\n')
+  assert 'old' not in text and 'paper: sigmoid > tanh > ReLU' in text
+  stats = _by_hand(path)
+  assert set(stats) == {'se_gate=sigmoid', 'se_gate=tanh'}
+  for point, (mean, std) in stats.items():
+    line = next(li for li in text.splitlines() if f'| {point} |' in li)
+    assert f'| {mean:.2f} ± {std:.2f} | 2 |' in line  # 2 seeds
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert [(r['point'], r['seed'], r['step'], r['finished']) for r in rows] == [
+      ('se_gate=sigmoid', '0', '2', 'True'), ('se_gate=sigmoid', '1', '2', 'True'),
+      ('se_gate=tanh', '0', '2', 'True'), ('se_gate=tanh', '1', '2', 'True')]
