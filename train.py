@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from clu import periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from senet_jax import errors, evaluation
@@ -25,8 +24,8 @@ from senet_jax.convert import hub
 from senet_jax.data import pipeline
 from senet_jax.models import builder, create_model, min_resolution
 from senet_jax.training import checkpoint as ckpt_lib
-from senet_jax.training import (config_diff, distill, optim, preemption, progressive, steps,
-                                workdir_lock)
+from senet_jax.training import (config_diff, distill, mfu, optim, preemption, profiling,
+                                progressive, steps, workdir_lock)
 from senet_jax.training import progress as progress_lib
 from senet_jax.training import sharding as sharding_lib
 from senet_jax.training.state import abstract_state, create_sharded_state
@@ -176,9 +175,13 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool, watcher) -> dict[
   if config.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
   # data x fsdp mesh: the batch over both axes, the state over fsdp (training/sharding.py).
-  mesh = sharding_lib.make_mesh(config.mesh_data, config.mesh_fsdp)
+  # Several TPU slices: data spans them over the DCN, fsdp stays inside each (mesh_dcn_data).
+  mesh = sharding_lib.make_mesh(config.mesh_data, config.mesh_fsdp,
+                                mesh_dcn_data=config.mesh_dcn_data)
+  _log('mesh: %s', sharding_lib.describe_mesh(mesh))
   replicated, data_sharding = NamedSharding(mesh, P()), sharding_lib.batch_sharding(mesh)
-  writer = progress_lib.create_writer(workdir)  # TensorBoard; the log lines are our own
+  # TensorBoard (+ W&B with config.wandb_project); the log lines are our own.
+  writer = progress_lib.create_writer(workdir, config)
 
   # ---- Input ---------------------------------------------------------------------------
   train_source = pipeline.open_source(config.dataset, config.train_split, config.data_dir)
@@ -264,18 +267,21 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool, watcher) -> dict[
   train_iter = (progressive.StagedIterator(stages, config, make_iter, start_step, log=_log)
                 if stages else make_iter(config, start_step))
   progress = progress_lib.Progress(total_steps, start_step, config.batch_size, eval_every)
-  hooks = []
-  if config.profile and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
+  # img/s per device and MFU (model FLOPs / the devices' peak) in the log lines.
+  throughput = mfu.Throughput.from_config(model, config, jax.devices(), stages)
+  profiler = profiling.StepProfiler.from_config(
+      config, workdir, start_step, total_steps, paused=lambda: progress.excluded(is_eval=False))
   if watcher.should_stop(start_step):  # SIGTERM before the first step: nothing new to save
     checkpointer.close()
     raise watcher.stopped(start_step, saved=False)
   if start_step < total_steps:
     _log(progress_lib.loss_legend(config.label_smoothing, config.weight_decay))
+    _log(throughput.describe(start_step))
   pending, window_start, t0 = [], start_step, time.perf_counter()
   results = {}
   step = start_step
   while step < total_steps:
+    profiler.before(step)  # config.profile_steps: a trace of chosen steps into workdir/profile
     batch = _global_batch(next(train_iter), data_sharding)
     if stages:
       train_step = staged_steps.for_step(step)
@@ -284,8 +290,7 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool, watcher) -> dict[
     step += 1
     pending.append(step_metrics)
     progress.step(step, step_metrics)
-    for hook in hooks:
-      hook(step)
+    profiler.after(step, step_metrics)
     checkpointer.check()  # a failed background save stops the run at once
     is_last = step == total_steps
     do_eval = step % eval_every == 0 or is_last
@@ -301,7 +306,11 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool, watcher) -> dict[
           time.perf_counter() - t0, 1e-9)
       computed['images_per_second'] = steps_per_s * config.batch_size
       computed['steps_per_second'] = steps_per_s
+      computed.update(throughput.metrics(step, computed['images_per_second']))
       writer.write_scalars(step, progress_lib.grouped('train', computed))
+      # The rate over the steps since the last log line (the line shows the mean since start).
+      writer.write_scalars(step, throughput.scalars(
+          step, progress.window_steps_per_second(), config.batch_size))
       progress.log(progress_lib.train_line(step, total_steps, computed, computed[
           'images_per_second'], steps_per_s, progress.eta()))
       pending, window_start, t0 = [], step, time.perf_counter()
@@ -320,8 +329,9 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool, watcher) -> dict[
         _check_finite(pending, window_start)
         save(step, force=True)
       progress.close()
+      profiler.close(step_metrics)
       checkpointer.close()
-      writer.flush()
+      writer.close()
       raise watcher.stopped(step)
   progress.close()
   checkpointer.close()
@@ -332,6 +342,7 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool, watcher) -> dict[
       writer.write_scalars(start_step, progress_lib.grouped('eval', results))
       writer.flush()
       _write_eval_json(workdir, start_step, results)
+  writer.close()  # ends a W&B run (main.py exits with os._exit: no atexit hooks)
   return results
 
 

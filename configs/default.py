@@ -121,7 +121,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_tta = 'none'              # 'flip': mean of the probabilities of image and mirror
   config.init_from = ''                 # checkpoint dir to start from (fine-tuning)
   config.init_from_exclude = ('fc', 'classifier')  # top-level params re-initialised on init_from
-  config.profile = False                # clu Profile for a few steps after the first log
+  # JAX profiler trace of steps start+1 .. end (as the log lines count them) on process 0, into
+  # workdir/profile (TensorBoard's profile tab, or xprof): e.g. (100, 105); () is off.
+  config.profile_steps = ()
+  config.profile = False                # older switch: True = profile_steps (10, 15) of this run
+  # Model FLOPs utilisation in the log lines: the peak FLOP/s of one device. 0: from the table
+  # in training/mfu.py by device kind (TPU v4/v5e/v5p/v6e, A100/H100/H200 bf16; none for CPU).
+  config.peak_flops_per_device = 0.0
+  # Weights & Biases project: '' is off (wandb is not even imported); set it to log the same
+  # scalars as TensorBoard (entity / mode from WANDB_ENTITY / WANDB_MODE, e.g. offline).
+  config.wandb_project = ''
   # Resuming with a config that changes the trajectory (model, batch, optimizer, schedule,
   # dtype, data, ...) is an error unless this is True; the change is then recorded in
   # workdir/config_changes.json. Logging/eval/checkpoint cadence may change freely.
@@ -133,6 +142,11 @@ def get_config() -> ml_collections.ConfigDict:
   # ~1/mesh_fsdp). mesh_fsdp=1 is plain data parallelism with a replicated state.
   config.mesh_data = -1
   config.mesh_fsdp = 1
+  # Multi-slice / multi-node: how many DCN granules the data axis spans, fsdp staying inside
+  # one. -1: one per TPU slice (devices' slice_index; 1 on a single slice or without slices);
+  # n > 1 without slices: n hosts, equal groups of consecutive processes (GPU nodes under
+  # Slurm). training/sharding.py.
+  config.mesh_dcn_data = -1
   # Rematerialisation (training/remat.py): 'none', 'block' (recompute each block's interior
   # in the backward pass) or 'stage' (keep only each stage's input); remat_policy 'nothing'
   # (save nothing inside a region) or 'conv' (keep convolution outputs, recompute only BN /

@@ -70,6 +70,9 @@ BAD_VALUES = {
     'init_from': [3],
     'init_from_exclude': ['fc', ('fc', '')],
     'profile': [2],
+    'profile_steps': [(5,), (10, 5), (-1, 3), 'x', (1.5, 3)],
+    'peak_flops_per_device': [-1.0, float('inf'), 'tpu'],
+    'wandb_project': [3, None],
     'conv_impl': ['', 3],
     'compilation_cache_dir': [None, 0],
     'allow_config_change': ['yes'],
@@ -88,6 +91,7 @@ BAD_VALUES = {
     'lr_poly_power': [0.0, 'two'],
     'mesh_data': [-2, 0, 1.5],
     'mesh_fsdp': [-3, 'all'],
+    'mesh_dcn_data': [0, -2, 1.5],
     'remat': ['stages', True],
     'remat_policy': ['everything'],
 }

@@ -23,7 +23,9 @@ HARMLESS = frozenset({
     'eval_batch_size', 'eval_split', 'eval_crop_fraction', 'init_from', 'init_from_exclude',
     'allow_config_change', 'evals', 'eval_definitions', 'eval_tta',
     # Elastic resume: the mesh and remat change the summation order / memory, not the run.
-    'mesh_data', 'mesh_fsdp', 'remat', 'remat_policy',
+    'mesh_data', 'mesh_fsdp', 'mesh_dcn_data', 'remat', 'remat_policy',
+    # What is observed: profiler traces, the MFU denominator, a W&B copy of the scalars.
+    'profile_steps', 'peak_flops_per_device', 'wandb_project',
 })
 # Fields removed from configs/default.py that never had an effect (nothing read them): a
 # checkpoint whose saved config still lists them resumes without a "config changed" error.

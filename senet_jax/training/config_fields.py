@@ -192,6 +192,14 @@ def mesh_axis(v) -> str | None:
   return None if _is_int(v) and (v == -1 or v >= 1) else 'a positive integer, or -1 (the rest)'
 
 
+def step_range(v) -> str | None:
+  """() (off) or (start, end) with 0 <= start < end: config.profile_steps."""
+  if isinstance(v, (tuple, list)) and (len(v) == 0 or (
+      len(v) == 2 and all(_is_int(x) for x in v) and 0 <= v[0] < v[1])):
+    return None
+  return '() (off) or (start, end): two integer steps with 0 <= start < end'
+
+
 POSITIVE_INT, NON_NEG = integer(1), number(0)
 FRACTION = number(0, 1, hi_open=True)  # [0, 1)
 
@@ -248,6 +256,9 @@ FIELDS: dict[str, Checker] = {
     'init_from': text(),                        # existence checked in validate.py
     'init_from_exclude': numbers_of(None, text(False)),
     'profile': boolean,
+    'profile_steps': step_range,
+    'peak_flops_per_device': NON_NEG,           # 0: the device table (training/mfu.py)
+    'wandb_project': text(),                    # '': no W&B writer
     'conv_impl': text(False),                   # checked by building the model
     'compilation_cache_dir': text(),
     'allow_config_change': boolean,
@@ -261,6 +272,7 @@ FIELDS: dict[str, Checker] = {
     'lr_poly_power': number(0, lo_open=True),
     'mesh_data': mesh_axis,                     # divisibility checked in validate_mesh
     'mesh_fsdp': mesh_axis,
+    'mesh_dcn_data': mesh_axis,                 # slices / processes checked in sharding.py
     'remat': choice('none', 'block', 'stage'),
     'remat_policy': choice('nothing', 'conv'),
 }

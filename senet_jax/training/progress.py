@@ -7,8 +7,8 @@
 - `compile_on_first_call` wraps a jitted step: its first call lowers and compiles ahead of time
   with a "compiling the train step ... done in N s" message (XLA may take minutes on a large
   model, during which nothing else would be printed).
-- `create_writer` writes TensorBoard events only (clu's default writer would log every scalar a
-  second time, next to the trainer's own line).
+- `create_writer` writes TensorBoard events (clu's default writer would log every scalar a
+  second time, next to the trainer's own line), and W&B when configured (training/writers.py).
 """
 from __future__ import annotations
 
@@ -44,12 +44,11 @@ def format_duration(seconds: float) -> str:
   return f'{hours}:{minutes:02d}:{secs:02d}' if hours else f'{minutes}:{secs:02d}'
 
 
-def create_writer(workdir: str):
-  """TensorBoard event files in `workdir` on process 0 (no logging writer), nothing elsewhere."""
-  from clu import metric_writers
-  if not _is_main():
-    return metric_writers.MultiWriter([])
-  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(workdir)])
+def create_writer(workdir: str, config=None):
+  """TensorBoard event files in `workdir` on process 0 (no logging writer), plus W&B when
+  `config.wandb_project` is set; nothing on other processes."""
+  from senet_jax.training import writers
+  return writers.create(workdir, config, is_main=_is_main())
 
 
 def grouped(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -59,13 +58,22 @@ def grouped(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 def train_line(step: int, total: int, metrics: dict[str, float], images_per_s: float,
                steps_per_s: float, eta: str | None) -> str:
-  """The trainer's one line per log step (loss = cross-entropy; l2 is logged beside it)."""
+  """The trainer's one line per log step (loss = cross-entropy; l2 is logged beside it).
+
+  With several devices the line adds img/s per device, and MFU when `metrics` has 'mfu'
+  (training/mfu.py: only when the device's peak FLOP/s is known).
+  """
   parts = [f'step {step}/{total}', f'loss {metrics["loss"]:.4f}']
   if 'l2' in metrics:
     parts.append(f'l2 {metrics["l2"]:.4f}')
   parts += [f'top1 {100 * metrics["top1"]:.2f}%', f'top5 {100 * metrics["top5"]:.2f}%',
             f'lr {metrics["learning_rate"]:.5g}', f'grad_norm {metrics["grad_norm"]:.3g}',
             f'{images_per_s:.1f} img/s ({steps_per_s:.2f} steps/s)']
+  per_device = metrics.get('images_per_second_per_device')
+  if per_device is not None and abs(per_device - images_per_s) > 1e-9 * images_per_s:
+    parts.append(f'{per_device:.1f} img/s/device')  # on one device it would repeat img/s
+  if 'mfu' in metrics:
+    parts.append(f'MFU {100 * metrics["mfu"]:.3g}%')
   if eta:
     parts.append(f'ETA {eta}')
   return ' | '.join(parts)
@@ -139,6 +147,7 @@ class Progress:
     self._last_draw = 0.0
     self._bar_shown = False
     self._pending = None        # the previous step's output: block on it, keep one in flight
+    self._window = None         # (step, time, excluded) at the last window_steps_per_second
     self.step_number = start_step
 
   # ---- rates --------------------------------------------------------------------------
@@ -148,6 +157,17 @@ class Progress:
       return None
     steps = self.step_number - self._timed_from[0]
     seconds = time.perf_counter() - self._timed_from[1] - self._excluded
+    return steps / seconds if steps > 0 and seconds > 0 else None
+
+  def window_steps_per_second(self) -> float | None:
+    """Steps per second since the previous call (the first: since the first step), time in
+    `excluded()` (evaluation) left out; None until a step has been timed."""
+    if self._timed_from is None:
+      return None
+    now = time.perf_counter()
+    step0, t0, excluded0 = self._window or (*self._timed_from, 0.0)
+    self._window = (self.step_number, now, self._excluded)
+    steps, seconds = self.step_number - step0, now - t0 - (self._excluded - excluded0)
     return steps / seconds if steps > 0 and seconds > 0 else None
 
   def eta_seconds(self) -> float | None:

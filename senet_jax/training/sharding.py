@@ -17,6 +17,14 @@ ways over several of its dimensions when no single one is divisible by N. The ru
 Compound-scaled EfficientNet widths (e.g. 2544 = 64 * 39.75) are why step 2 exists: with step 1
 alone, fsdp=64 left B8's largest leaves replicated. With `fsdp` = 1 every leaf is replicated:
 the plain data-parallel trainer.
+
+Multi-slice (several TPU slices joined by the data-centre network, DCN): the `data` axis is
+split as (slice, data within the slice) and every fsdp group lies inside one slice, so the
+all-gathers / reduce-scatters of fsdp stay on a slice's ICI and only the gradient all-reduce of
+`data` crosses the DCN. `jax.make_mesh` refuses such device sets (jax issue 37769); the mesh is
+built with `mesh_utils.create_hybrid_device_mesh`, one granule per slice (devices' `slice_index`); on
+devices without slices `mesh_dcn_data` > 1 makes each host (a group of consecutive processes)
+a granule instead, for multi-node GPUs. One slice: the same mesh as `jax.make_mesh`.
 """
 from __future__ import annotations
 
@@ -24,15 +32,18 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from senet_jax.errors import ConfigError
 
 AXES = ('data', 'fsdp')  # the config's axes (mesh_data, mesh_fsdp); fsdp is factored in the mesh
 # Leaves of the TrainState that are never sharded: the step counter and the PRNG key.
 UNSHARDED_FIELDS = ('step', 'rng')
 
 
-class MeshError(ValueError):
-  """Mesh sizes that cannot be laid out on the available devices."""
+class MeshError(ConfigError):
+  """Mesh sizes that cannot be laid out on the available devices (a config error: exit 2)."""
 
 
 def resolve_mesh_shape(mesh_data: int, mesh_fsdp: int, device_count: int) -> tuple[int, int]:
@@ -74,21 +85,95 @@ def fsdp_factors(fsdp: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
   return names, tuple(factors)
 
 
-def make_mesh(mesh_data: int, mesh_fsdp: int, devices: Sequence[Any] | None = None) -> Mesh:
-  """The ('data', fsdp factors...) mesh over `devices` (default: all). `jax.make_mesh` orders
-  the devices so that the trailing `fsdp` axis stays within a host's / slice's fast
-  interconnect; factoring it afterwards (a reshape) keeps that order."""
+def dcn_granules(devices: Sequence[Any], mesh_dcn_data: int = -1) -> tuple[int, str]:
+  """(how many DCN granules the data axis spans, 'slice' or 'host').
+
+  mesh_dcn_data -1: one granule per TPU slice (devices' `slice_index`; 1 without it). A value
+  > 1 must equal the slice count, or on devices without slices split the processes into that
+  many equal groups of consecutive process ids, one per host (Slurm and torchrun number a
+  node's processes consecutively): data across hosts, fsdp inside a host's NVLink.
+  """
+  dcn = int(mesh_dcn_data)
+  if dcn == 0 or dcn < -1:
+    raise MeshError(f'config.mesh_dcn_data={dcn}: must be -1 (one per TPU slice) or a positive '
+                    'number of slices / hosts')
+  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  if dcn == -1 or (slices > 1 and dcn == slices):
+    return slices, 'slice'
+  if slices > 1:  # fsdp would cross the DCN inside a "granule": never wanted
+    raise MeshError(f'config.mesh_dcn_data={dcn}: the devices span {slices} TPU slices; the '
+                    f'data axis must span exactly those (-1 or {slices})')
+  processes = len({d.process_index for d in devices})
+  if processes % dcn:
+    raise MeshError(f'config.mesh_dcn_data={dcn}: without TPU slices the data axis spans hosts '
+                    f'(equal groups of consecutive processes), and {processes} processes do not '
+                    f'split into {dcn} groups')
+  return dcn, 'host' if dcn > 1 else 'slice'
+
+
+def _host_groups(devices: list, dcn: int) -> list[list]:
+  """The devices split into `dcn` groups of consecutive process ids (one group per host)."""
+  order = sorted({d.process_index for d in devices})
+  per_group = len(order) // dcn
+  group_of = {p: i // per_group for i, p in enumerate(order)}
+  return [[d for d in devices if group_of[d.process_index] == g] for g in range(dcn)]
+
+
+def device_grid(mesh_data: int, mesh_fsdp: int, devices: Sequence[Any],
+                mesh_dcn_data: int = -1) -> np.ndarray:
+  """The (data, fsdp) array of `devices`: `jax.make_mesh`'s order on one slice; across
+  granules (dcn_granules) the data rows are grouped by granule and each row lies in one."""
+  devices = list(devices)
+  data, fsdp = resolve_mesh_shape(mesh_data, mesh_fsdp, len(devices))
+  dcn, what = dcn_granules(devices, mesh_dcn_data)
+  # As jax.make_mesh: v5e slices may need a physical axis split to fit the logical shape.
+  split = devices[0].device_kind in ('TPU v5 lite', 'TPU v5e')
+  if dcn == 1:
+    return mesh_utils.create_device_mesh((data, fsdp), devices, allow_split_physical_axes=split)
+  if data % dcn:
+    raise MeshError(f'config.mesh_fsdp={fsdp} does not fit inside one {what} ({len(devices)} '
+                    f'devices on {dcn} {what}s): fsdp must divide the {len(devices) // dcn} '
+                    f'devices of each (config.mesh_data={data} must be a multiple of {dcn})')
+  try:
+    if what == 'slice':
+      return mesh_utils.create_hybrid_device_mesh(
+          (data // dcn, fsdp), (dcn, 1), devices, allow_split_physical_axes=split)
+    return np.concatenate([  # the same hybrid layout, with hosts as the granules
+        mesh_utils.create_device_mesh((data // dcn, fsdp), group,
+                                      allow_split_physical_axes=split)
+        for group in _host_groups(devices, dcn)])
+  except ValueError as err:  # e.g. slices or hosts with different device counts
+    raise MeshError(f'config.mesh_dcn_data={mesh_dcn_data}: cannot lay out data {data} x fsdp '
+                    f'{fsdp} over {dcn} {what}s: {err}') from None
+
+
+def make_mesh(mesh_data: int, mesh_fsdp: int, devices: Sequence[Any] | None = None,
+              mesh_dcn_data: int = -1) -> Mesh:
+  """The ('data', fsdp factors...) mesh over `devices` (default: all), laid out by
+  `device_grid` (the trailing `fsdp` axis within a host's / slice's fast interconnect);
+  factoring fsdp afterwards is a reshape, which keeps that order."""
   devices = list(jax.devices() if devices is None else devices)
-  shape = resolve_mesh_shape(mesh_data, mesh_fsdp, len(devices))
+  return mesh_from_grid(device_grid(mesh_data, mesh_fsdp, devices, mesh_dcn_data))
+
+
+def mesh_from_grid(grid: np.ndarray) -> Mesh:
+  """The Mesh of a (data, fsdp) device array, the fsdp axis factored (`fsdp_factors`)."""
+  names, factors = fsdp_factors(grid.shape[1])
   # Auto axes: XLA's partitioner places the all-gathers / reduce-scatters (explicit-sharding
   # mode would ask every op for its output sharding).
-  auto = (jax.sharding.AxisType.Auto,) * len(AXES)
-  mesh = jax.make_mesh(shape, AXES, axis_types=auto, devices=devices)
-  names, factors = fsdp_factors(shape[1])
-  if names == ('fsdp',):
-    return mesh
-  return Mesh(mesh.devices.reshape(shape[0], *factors), ('data',) + names,
+  return Mesh(grid.reshape(grid.shape[0], *factors), ('data',) + names,
               axis_types=(jax.sharding.AxisType.Auto,) * (1 + len(names)))
+
+
+def describe_mesh(mesh: Mesh) -> str:
+  """'data 4 x fsdp 2 (8 devices; 2 slices: data across them, fsdp inside each)'."""
+  devices = list(mesh.devices.flat)
+  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  text = (f'data {mesh.shape["data"]} x fsdp {fsdp_size(mesh)} ({len(devices)} '
+          f'device{"s" if len(devices) > 1 else ""}')
+  if slices > 1:
+    text += f'; {slices} slices: data across them, fsdp inside each'
+  return text + ')'
 
 
 def fsdp_axis_names(mesh: Mesh) -> tuple[str, ...]:
