@@ -85,6 +85,13 @@ SLOW = {
     # round trip and the Linen-parity tests of tests/test_nnx.py stay.
     'tests/test_nnx.py::test_a_trainer_checkpoint_round_trips',
     'tests/test_nnx.py::test_pretrained_hub_weights_give_timm_logits',
+    # Issue 31 item 7: one module fixture (a 4-device subprocess, 3 meshes compiled, 2
+    # checkpoints; ~40 s CPU, 42 s wall at load 3). The input-order test of the same file and
+    # test_train's 8-device step test stay.
+    'tests/test_elastic_equivalence.py::test_same_examples_keys_and_initial_state_on_every_mesh',
+    'tests/test_elastic_equivalence.py::test_batchnorm_statistics_are_those_of_the_global_batch',
+    'tests/test_elastic_equivalence.py::test_one_step_on_any_mesh_equals_the_1_device_step',
+    'tests/test_elastic_equivalence.py::test_elastic_resume_continues_the_same_trajectory',
 }
 
 
