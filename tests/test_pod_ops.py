@@ -105,6 +105,18 @@ def test_bad_multi_slice_settings_name_the_field(devices, dcn, fsdp, match):
   assert isinstance(err.value, sharding.ConfigError)  # main.py: one line, exit 2
 
 
+def test_cli_refuses_a_dcn_split_the_devices_cannot_make_with_exit_2(tmp_path, digits_dir):
+  from test_fault_tolerance import main_cmd
+  out = subprocess.run(main_cmd(str(tmp_path / 'w'), digits_dir, '--config.mesh_dcn_data=2'),
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1] == (
+      'error: bad config: config.mesh_dcn_data=2: without TPU slices the data axis spans hosts '
+      '(equal groups of consecutive processes), and 1 process does not split into 2 groups')
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')  # before anything was computed
+
+
 def test_hosts_are_the_granules_on_gpus_with_mesh_dcn_data():
   # 2 nodes x 4 GPUs, one process per GPU (Slurm numbers a node's tasks consecutively).
   gpus = [FakeDevice(i, process_index=i, platform='gpu', kind='NVIDIA H100 80GB HBM3')

@@ -105,9 +105,10 @@ def dcn_granules(devices: Sequence[Any], mesh_dcn_data: int = -1) -> tuple[int, 
                     f'data axis must span exactly those (-1 or {slices})')
   processes = len({d.process_index for d in devices})
   if processes % dcn:
+    counted = f'{processes} processes do' if processes > 1 else '1 process does'
     raise MeshError(f'config.mesh_dcn_data={dcn}: without TPU slices the data axis spans hosts '
-                    f'(equal groups of consecutive processes), and {processes} processes do not '
-                    f'split into {dcn} groups')
+                    f'(equal groups of consecutive processes), and {counted} not split into '
+                    f'{dcn} groups')
   return dcn, 'host' if dcn > 1 else 'slice'
 
 
