@@ -27,6 +27,7 @@ $(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	@test -x $(UV) || $(PY) -m pip install -q 'uv>=0.5'
 	$(UV_INSTALL) -r requirements.txt
+	$(UV_INSTALL) --no-deps -e .  # the package itself: `import senet_jax` outside the clone
 	@touch $(RUNTIME_STAMP)
 
 $(STAMP): $(RUNTIME_STAMP) requirements-test.txt

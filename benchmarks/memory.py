@@ -76,6 +76,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from configs import default  # noqa: E402
 from senet_jax.models import create_model  # noqa: E402
 from senet_jax.training import optim, remat as remat_lib, sharding, steps  # noqa: E402
+# The per-device state and the forward's saved values, as the trainer's memory check counts
+# them (one implementation).
+from senet_jax.training.memory import residual_bytes, state_bytes  # noqa: E402,F401
 from senet_jax.training.state import init_train_state  # noqa: E402
 
 
@@ -95,18 +98,6 @@ def abstract_setup(model_name: str, res: int, config):
   state = jax.eval_shape(lambda r: init_train_state(model, opt, r, (1, res, res, 3)),
                          jax.random.PRNGKey(0))
   return model, opt, schedule, state
-
-
-def state_bytes(state, fsdp: int) -> int:
-  """Per-device bytes of `state` under the fsdp rule with axis size `fsdp` (1: replicated)."""
-  total = 0
-  for path, x in jax.tree_util.tree_leaves_with_path(state):
-    top = getattr(path[0], 'name', None)
-    splits = ((1,) * x.ndim if top in sharding.UNSHARDED_FIELDS else
-              sharding.fsdp_splits(x.shape, fsdp))
-    shard = [d // s for d, s in zip(x.shape, splits)]
-    total += int(np.prod(shard, dtype=np.int64)) * np.dtype(x.dtype).itemsize
-  return total
 
 
 def worst_leaves(state, fsdp: int, top: int = 3) -> str:
@@ -184,15 +175,6 @@ def compile_table(models, modes, batches) -> None:
             flush=True)
 
 
-def _residual_bytes(fn, diff, *rest) -> int:
-  """Bytes of the values the forward pass of `fn(diff, *rest)` saves for its backward (jax.vjp
-  with respect to the pytree `diff`), from abstract shapes."""
-  def saved(d, *r):
-    return jax.tree.leaves(jax.vjp(lambda x: fn(x, *r), d)[1])
-  out = jax.eval_shape(saved, diff, *rest)
-  return sum(int(np.prod(x.shape, dtype=np.int64)) * x.dtype.itemsize for x in out)
-
-
 def residuals_per_image(name, res, mode, policy='nothing'):
   """Per image: (bytes the forward saves for the backward, the largest remat region's own
   saved values = the working set its recomputation needs), from batches 1 and 2 (so that the
@@ -209,7 +191,7 @@ def residuals_per_image(name, res, mode, policy='nothing'):
   for b in (1, 2):
     args = (state.params, state.batch_stats, jax.ShapeDtypeStruct((b, res, res, 3),
                                                                   jnp.bfloat16))
-    saved.append(_residual_bytes(loss, *args))  # with respect to the params
+    saved.append(residual_bytes(loss, *args))  # with respect to the params
     work.append(0 if mode == 'none' else max(_region_sizes(forward, mode, args)))
   return saved[1] - saved[0], work[1] - work[0]
 
@@ -238,7 +220,7 @@ def _region_sizes(forward, mode, args):
       outs = remat_lib.jax_core.jaxpr_as_fun(p)(*[next(d) if f else next(o) for f in inexact])
       return sum(jnp.sum(y.astype(jnp.float32)) for y in outs
                  if jnp.issubdtype(y.dtype, jnp.inexact))
-    sizes.append(_residual_bytes(fn, [a for a, f in zip(avals, inexact) if f],
+    sizes.append(residual_bytes(fn, [a for a, f in zip(avals, inexact) if f],
                                  [a for a, f in zip(avals, inexact) if not f]))
   return sizes
 

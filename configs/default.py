@@ -153,6 +153,10 @@ def get_config() -> ml_collections.ConfigDict:
   # activations / SE).
   config.remat = 'none'
   config.remat_policy = 'nothing'
+  # Before compiling, the step's memory is estimated from shapes (a lower bound:
+  # training/memory.py) and a step that cannot fit the host's RAM (CPU) or a device's memory
+  # is refused with one line; False skips the check.
+  config.memory_check = True
 
   # ---- Speed -----------------------------------------------------------------------------
   config.conv_impl = 'auto'             # grouped/depthwise conv formulation ('auto', 'xla', ...)

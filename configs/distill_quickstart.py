@@ -6,7 +6,7 @@
 """
 import ml_collections
 
-from configs import quickstart
+from senet_jax.configs import quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:

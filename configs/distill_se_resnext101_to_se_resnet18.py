@@ -11,7 +11,7 @@ resolution (timm's legacy weights: 224 px, ImageNet mean/std, bilinear).
 """
 import ml_collections
 
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,5 +1,5 @@
 """ecaresnet50d (timm's ECA-ResNet-50-D) on ImageNet: the SGD + cosine ResNet recipe."""
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """EfficientNet-B5 on ImageNet with the official TPU recipe (see configs/recipes.py)."""
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

@@ -9,7 +9,7 @@ config's choices for a pod slice (override them on the command line): the learni
 adds the L2 loss term (weight_decay 1e-5) on top of LARS's own decay; here LARS/LAMB decay only
 inside the update. State sharded over the mesh (mesh_fsdp) and remat make B7@600 fit per device.
 """
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

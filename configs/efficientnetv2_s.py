@@ -1,5 +1,5 @@
 """EfficientNetV2-S on ImageNet: paper recipe with progressive learning (configs/recipes.py)."""
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

@@ -17,7 +17,7 @@ one run takes minutes on a CPU (docs/evidence.md gives the measured times). Vari
 """
 import ml_collections
 
-from configs import default
+from senet_jax.configs import default
 
 # Mean and std of the padded 32x32 images, computed from the 28x28 training set's (72.94,
 # 90.02): the 2-pixel black border scales the mean by 784 / 1024.

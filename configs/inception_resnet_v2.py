@@ -1,5 +1,5 @@
 """inception_resnet_v2 on ImageNet: the SE paper's SGD recipe (step decay), SE knobs in model_kwargs."""
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

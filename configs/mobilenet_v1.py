@@ -1,5 +1,5 @@
 """mobilenet_v1 on ImageNet: ShuffleNet's recipe (linear decay), as the SE paper trains mobile networks."""
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """mobilenetv3_small_100 on ImageNet: the MobileNetV3 paper's RMSProp recipe."""
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

@@ -4,7 +4,7 @@
 """
 import ml_collections
 
-from configs import default
+from senet_jax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

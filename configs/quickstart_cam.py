@@ -4,11 +4,12 @@ The quickstart's 32 px input leaves a 1x1 last feature map (the network downsamp
 which CAM and Grad-CAM are flat; at 128 px the map is 4x4.
 
     python main.py --config=configs/quickstart_cam.py --workdir=workdir/quickstart_cam
+    python -m senet_jax.data.digits digit.png   # a test digit as a PNG
     python -m senet_jax.cam --checkpoint=workdir/quickstart_cam --output=/tmp/cams digit.png
 """
 import ml_collections
 
-from configs import quickstart
+from senet_jax.configs import quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -5,7 +5,7 @@ ResNet recipe (SGD + cosine). Each variant file calls one of these with its mode
 """
 import ml_collections
 
-from configs import default
+from senet_jax.configs import default
 from senet_jax.models import model_info
 
 # SE knobs exposed on the command line for the ResNet family, with the paper's defaults.

@@ -1,5 +1,5 @@
 """ResNet-50 baseline (no SE) on ImageNet with the same recipe as SE-ResNet-50."""
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """se_resnet50 on ImageNet: SGD + cosine recipe with the SE paper's knobs exposed."""
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

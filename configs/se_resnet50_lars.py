@@ -7,7 +7,7 @@ LR 29.0 = 0.2265625 per 256, warmup 18 epochs, weight decay 5e-5, 72 epochs) are
 point in that style, not copied from a verified MLPerf log; tune warmup/LR for other batch sizes
 (LARS peak LRs do not scale linearly with the batch). Needs a pod slice: e.g. 256 x 128 images.
 """
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """shufflenet_v1_g3 on ImageNet: ShuffleNet's recipe (linear decay), as the SE paper trains mobile networks."""
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

@@ -8,7 +8,7 @@
 Every weight but the classifier comes from `init_from` (`init_from_exclude`); images are
 upsampled to the model's resolution, as in the paper's transfer experiments.
 """
-from configs import recipes
+from senet_jax.configs import recipes
 
 
 def get_config():

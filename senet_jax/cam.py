@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from senet_jax.utils import cli, quiet
+from senet_jax.utils import cli
 
 FEATURES = 'features'
 
@@ -248,7 +248,6 @@ def main(argv=None) -> int:
   p.add_argument('--output', required=True)
   p.add_argument('images', nargs='+')
   args = p.parse_args(argv)
-  quiet.tensorflow_banners()
   return cli.run(_main, args)
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from senet_jax.models import collect_excitations
-from senet_jax.utils import cli, quiet
+from senet_jax.utils import cli
 
 
 def collect(model, variables, batches: Iterable[dict], blocks: list[str] | None = None,
@@ -128,7 +128,6 @@ def main(argv=None) -> int:
   p.add_argument('--data_dir', default='')
   p.add_argument('--output', required=True, help='path prefix of the outputs')
   args = p.parse_args(argv)
-  quiet.tensorflow_banners()
   return cli.run(_main, args)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from senet_jax.utils import cli, quiet
+from senet_jax.utils import cli
 
 
 def predict(checkpoint: str, paths: list[str], top: int = 5) -> list[list[tuple[str, float]]]:
@@ -48,7 +48,6 @@ def main(argv=None) -> int:
                  help='refuse images whose header claims more pixels (default 40 million)')
   p.add_argument('images', nargs='+')
   args = p.parse_args(argv)
-  quiet.tensorflow_banners()
   return cli.run(_main, args)
 
 

@@ -30,7 +30,6 @@ def summary_table(name: str, resolution: int | None = None, depth: int = 1, **fi
   Its footer counts parameters and BatchNorm statistics separately (flax's own 'Total
   Parameters' adds them up); the inputs column shows the image only.
   """
-  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -38,9 +37,7 @@ def summary_table(name: str, resolution: int | None = None, depth: int = 1, **fi
   resolution = resolution or model_info(name).resolution
   model = create_model(name, **fields)
   images = jnp.zeros((1, resolution, resolution, 3))
-  table = nn.tabulate(model, jax.random.key(0), depth=depth, compute_flops=False,
-                      console_kwargs={'width': 140, 'force_terminal': False})
-  text = table(images, train=False)
+  text = _tabulate(model, images, depth)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
   counts = {k: sum(int(np.prod(v.shape)) for v in jax.tree.leaves(tree))
             for k, tree in shapes.items()}
@@ -49,6 +46,20 @@ def summary_table(name: str, resolution: int | None = None, depth: int = 1, **fi
   lines = [footer if 'Total Parameters:' in line else line for line in text.splitlines()
            if not _only_train_flag(line)]
   return '\n'.join(lines) + '\n'
+
+
+def _tabulate(model, images, depth: int) -> str:
+  """flax's table (nn.tabulate's own two steps) with the variable columns in a fixed order,
+  params first: flax takes them from a set, whose order follows the strings' hashes (it changed
+  between families, and between runs)."""
+  import jax
+  from flax.linen import summary as flax_summary
+  table = flax_summary._get_module_table(model, depth=depth, show_repeated=False,
+                                         compute_flops=False, compute_vjp_flops=False)(
+                                             jax.random.key(0), images, train=False)
+  table.collections = tuple(sorted(table.collections, key=lambda c: (c != 'params', c)))
+  return flax_summary._render_table(table, {'width': 140, 'force_terminal': False}, {}, {},
+                                    ['path', 'module', 'inputs', 'outputs'])
 
 
 def _only_train_flag(line: str) -> bool:

@@ -4,6 +4,7 @@ r"""Run, print or summarise a sweep: a config file with `get_sweep()` next to `g
     python -m senet_jax.sweep --config=configs/sweeps/se_gate.py --workdir=DIR --print_commands
     python -m senet_jax.sweep --config=configs/sweeps/se_gate.py:quick --workdir=DIR --summarize
     python -m senet_jax.sweep --config=configs/sweeps/se_gate.py:quick --workdir=DIR --seeds=0,1,2
+    senet-sweep --config=configs/sweeps/se_gate.py:quick --workdir=DIR --config.num_epochs=2
 
 Each point trains in DIR/<point name>, or with --seeds in DIR/<point name>/seed=<s> (resumable:
 a killed run resumes from its checkpoint, a finished one is skipped), printing its progress and
@@ -11,12 +12,13 @@ time. --print_commands prints one `main.py` command per run for a cluster schedu
 paths and this Python: they work from any directory); --summarize writes DIR/summary.md and
 DIR/summary.csv from every run's eval results: parameters, time, seeds, mean and spread of
 top-1 over seeds, and whether the points differ by more than that spread.
-The trainer is `--trainer` (default: `train:train_and_evaluate`, the repository's train.py,
-importable when run from the checkout); the package itself never imports the repository's
-top-level modules.
+`--config.FIELD=VALUE` (as main.py's) overrides a field of the sweep's base config for every
+run (not a field the sweep varies). The trainer is `--trainer` (default: the package's
+`senet_jax.training.trainer:train_and_evaluate`, the checkout's train.py).
 """
 from __future__ import annotations
 
+import ast
 import csv
 import glob
 import importlib
@@ -31,8 +33,9 @@ import time
 from typing import Any
 
 from senet_jax.utils import cli, paths
+from senet_jax.utils.names import suggest
 
-DEFAULT_TRAINER = 'train:train_and_evaluate'
+DEFAULT_TRAINER = 'senet_jax.training.trainer:train_and_evaluate'
 DONE_FILE = 'sweep_point_done.json'
 COLUMNS = ['point', 'finished', 'runs', 'seeds', 'params', 'step', 'top1', 'top1_std',
            'top1_per_seed', 'top5', 'ema_top1', 'loss', 'seconds']
@@ -72,6 +75,60 @@ def load_sweep(config_arg: str) -> tuple[Any, list[dict[str, Any]], str, str]:
   return config, list(points), path, variant
 
 
+def config_overrides(extra: list[str]) -> list[tuple[str, str]]:
+  """[(dotted field, value text)] from `--config.FIELD=VALUE` / `--config.FIELD VALUE` arguments;
+  ValueError for any other argument."""
+  out, rest = [], list(extra)
+  while rest:
+    arg = rest.pop(0)
+    if not arg.startswith('--config.'):
+      raise ValueError(f'unrecognized argument {arg!r} (see --help)')
+    key, eq, text = arg[len('--config.'):].partition('=')
+    if not eq:
+      if not rest:
+        raise ValueError(f'{arg} needs a value: {arg}=VALUE')
+      text = rest.pop(0)
+    out.append((key, text))
+  return out
+
+
+def _parse_value(text: str, current: Any) -> Any:
+  """A command-line value as main.py's flags read it: a Python literal where it parses (ints,
+  floats, tuples, True/False), else the text itself."""
+  if isinstance(current, bool) and text.lower() in ('true', 'false'):
+    return text.lower() == 'true'
+  if isinstance(current, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config, overrides: list[tuple[str, str]], points, path: str):
+  """A copy of `config` with the `--config.FIELD=VALUE` overrides set; ValueError (one line)
+  for an unknown field, a value of the wrong type or a field the sweep's points set."""
+  config = config.copy_and_resolve_references()
+  varied = {key for point in points for key in point}
+  for key, text in overrides:
+    if key in varied:
+      raise ValueError(f'--config.{key}: the sweep {path} varies this field; its points set it')
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      node = node.get(p) if hasattr(node, 'get') else None
+    if node is None or not hasattr(node, 'keys') or leaf not in node:
+      known = [k for k in (node.keys() if hasattr(node, 'keys') else [])]
+      raise ValueError(f'--config.{key} is not a field of {path}{suggest(leaf, known)}')
+    current = node[leaf]
+    try:
+      node[leaf] = _parse_value(text, current)
+    except (TypeError, ValueError):
+      raise ValueError(f'--config.{key}={text}: expected a {type(current).__name__}, as the '
+                       f'config\'s {current!r}') from None
+  return config
+
+
 def point_name(point: dict[str, Any]) -> str:
   """A directory name for a point, e.g. 'se_reduction=8.0' or 'se_stages=2-3-4'."""
   def value(v):
@@ -94,13 +151,15 @@ def apply_point(config, point: dict[str, Any]):
 
 
 def command(path: str, variant: str, workdir: str, point: dict[str, Any],
-            seed: int | None = None) -> str:
-  """The main.py command line of one point (and seed), runnable from any directory."""
+            seed: int | None = None, overrides: list[str] = ()) -> str:
+  """The main.py command line of one point (and seed), runnable from any directory (an
+  installed package's: `python -m senet_jax.main`); `overrides` are --config.FIELD=VALUE."""
   spec = os.path.abspath(path) + (f':{variant}' if variant else '')
   if '://' not in workdir:  # leave bucket URLs as they are
     workdir = os.path.abspath(workdir)
-  args = [sys.executable, os.path.join(paths.REPO_ROOT, 'main.py'), f'--config={spec}',
-          f'--workdir={workdir}']
+  main_py = os.path.join(paths.REPO_ROOT, 'main.py')
+  trainer = [main_py] if os.path.isfile(main_py) else ['-m', 'senet_jax.main']
+  args = [sys.executable, *trainer, f'--config={spec}', f'--workdir={workdir}', *overrides]
   for key, value in sorted(point.items()):
     args.append(f'--config.{key}={value!r}' if isinstance(value, (tuple, list))
                 else f'--config.{key}={value}')
@@ -281,17 +340,24 @@ def main(argv=None) -> int:
                  help='comma-separated seeds, one run of every point each (default: one run '
                       "with the config's seed); the summary then gives the spread over seeds")
   p.add_argument('--trainer', default=DEFAULT_TRAINER, help='module:function training a point')
-  return cli.run(_main, p.parse_args(argv))
+  args, extra = p.parse_known_args(argv)
+  try:
+    args.overrides = config_overrides(extra)
+  except ValueError as err:
+    p.error(str(err).removesuffix(' (see --help)'))
+  return cli.run(_main, args)
 
 
 def _main(args) -> int:
   config, points, path, variant = load_sweep(args.config)
+  config = apply_overrides(config, args.overrides, points, path)
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()] or None
   if args.print_commands:
+    flags = [f'--config.{key}={text}' for key, text in args.overrides]
     for point in points:
       for seed in seeds or [None]:
         print(command(path, variant, run_dir(args.workdir, point_name(point), seed), point,
-                      seed))
+                      seed, flags))
     return 0
   os.makedirs(args.workdir, exist_ok=True)
   if not args.summarize:

@@ -94,6 +94,7 @@ BAD_VALUES = {
     'mesh_dcn_data': [0, -2, 1.5],
     'remat': ['stages', True],
     'remat_policy': ['everything'],
+    'memory_check': ['yes', 1],
 }
 
 

@@ -30,7 +30,7 @@ SCRIPTS = sorted(glob.glob(os.path.join(LAUNCH, '*')))
 
 def main_py_flags() -> set[str]:
   """Flag names main.py defines (absl DEFINE_* and aliases, the config file flag)."""
-  with open(os.path.join(ROOT, 'main.py')) as f:
+  with open(os.path.join(ROOT, 'senet_jax', 'main.py')) as f:  # main.py runs it
     tree = ast.parse(f.read())
   names = set()
   for node in ast.walk(tree):

@@ -84,6 +84,89 @@ def test_console_script_runs_from_a_directory_without_the_checkout(installed, tm
   assert (round(rows['mobilenet_v1'], 1), round(rows['se_mobilenet_v1'], 1)) == (4.2, 4.7)
 
 
+# What a tool prints that a user should not have to read: TensorFlow's oneDNN banner, TFDS's
+# download message for a dataset built offline, library tracebacks.
+NOISE = ('oneDNN', 'Downloading and preparing', 'Traceback')
+
+SWEEP = '''
+from senet_jax.configs.sweeps import common
+
+
+def get_config(variant=''):
+  config = common.base_config('quick')
+  config.model = 'se_resnet18'  # basic blocks compile faster
+  config.model_kwargs.update(dict(stage_planes=(8, 8, 8, 8), stem_width=8))
+  return config
+
+
+def get_sweep(variant=''):
+  return [{'model_kwargs.se_reduction': 4.0}, {'model_kwargs.se_reduction': 8.0}]
+'''
+
+
+def run_tool(python, cwd, *args):
+  """A console script run outside the checkout; its output, checked for success and noise."""
+  result = run_outside(python, cwd, [script(python, args[0]), *args[1:]])
+  output = result.stdout + result.stderr
+  assert result.returncode == 0, (args, output[-3000:])
+  assert not [n for n in NOISE if n in output], (args, output[-3000:])
+  return result.stdout
+
+
+@pytest.mark.parametrize('installed', ['regular'], indirect=True)
+def test_every_console_script_does_its_job_outside_the_checkout(installed, tmp_path):
+  """`pip install .`, then from an empty directory: train a few steps with a shipped config,
+  sweep two points of a sweep file importing the shipped configs, convert timm weights, and run
+  every tool on the results (issue 36: senet-sweep died on `import configs`)."""
+  python, _, _ = installed
+  tfds = str(tmp_path / 'tfds')
+  short = ['--config.num_epochs=0', '--config.num_train_steps=2', f'--config.data_dir={tfds}',
+           '--config.batch_size=32', '--config.eval_batch_size=120']
+  out = run_tool(python, tmp_path, 'senet-train', '--config=configs/quickstart.py',
+                 '--workdir=run', '--config.model_kwargs.stage_planes=(8, 8, 8, 8)', *short)
+  assert 'final eval: top1' in out and '359 images' in out
+  (tmp_path / 'two_points.py').write_text(SWEEP)
+  out = run_tool(python, tmp_path, 'senet-sweep', '--config=two_points.py', '--workdir=sweep',
+                 *short)
+  assert '[sweep 2/2] se_reduction=8.0: top-1' in out and 'Fewer than two' not in out
+  out = run_tool(python, tmp_path, 'senet-sweep', '--config=configs/sweeps/se_gate.py:quick',
+                 '--workdir=gate', '--print_commands', '--config.num_epochs=2')
+  assert out.count('-m senet_jax.main') == 3 and out.count('--config.num_epochs=2') == 3
+  out = run_outside(python, tmp_path, [python, '-m', 'senet_jax.data.digits', 'digit.png',
+                                       '--resolution=32'])
+  assert out.returncode == 0 and (tmp_path / 'digit.png').exists(), out.stderr[-2000:]
+  out = run_tool(python, tmp_path, 'senet-predict', '--checkpoint=run', 'digit.png')
+  assert out.count('%') >= 5  # top-5 classes with their probabilities
+  out = run_tool(python, tmp_path, 'senet-cam', '--checkpoint=run', '--resolution=64',
+                 '--output=cams', 'digit.png')
+  assert (tmp_path / 'cams' / 'digit.gradcam.png').exists()
+  run_tool(python, tmp_path, 'senet-excitation', '--checkpoint=run', '--classes=0,1',
+           '--images_per_class=2', f'--data_dir={tfds}', '--output=excitation')
+  assert (tmp_path / 'excitation.json').exists()
+  out = run_tool(python, tmp_path, 'senet-validate', '--checkpoint=run', f'--data_dir={tfds}',
+                 '--output=results.csv')
+  assert 'wrote 1 rows to results.csv' in out
+  out = run_tool(python, tmp_path, 'senet-summary', 'se_resnet18', '--resolution=32')
+  header = next(line for line in out.splitlines() if 'path' in line and 'outputs' in line)
+  assert header.index('params') < header.index('batch_stats')
+  convert_and_export(python, tmp_path)
+
+
+def convert_and_export(python, tmp_path):
+  """A converter-style checkpoint from timm weights, exported as StableHLO and verified."""
+  import numpy as np
+  import timm
+  from safetensors.numpy import save_file
+  model = timm.create_model('legacy_seresnet18', pretrained=False, num_classes=10)
+  save_file({k: np.ascontiguousarray(v.numpy()) for k, v in model.state_dict().items()},
+            str(tmp_path / 'w.safetensors'))
+  run_tool(python, tmp_path, 'senet-convert', '--from=timm', '--model=legacy_seresnet18',
+           '--input=w.safetensors', '--output=converted')
+  out = run_tool(python, tmp_path, 'senet-export', '--checkpoint=converted', '--format=stablehlo',
+                 '--output=model.stablehlo')
+  assert 'wrote model.stablehlo (stablehlo' in out and 'top-1 agreement 100%' in out
+
+
 @pytest.mark.slow
 @BOTH
 def test_every_console_script_answers_help(installed, tmp_path):
@@ -94,6 +177,10 @@ def test_every_console_script_answers_help(installed, tmp_path):
     assert result.stdout.startswith('usage: senet-' + tool) and '--verbose' in result.stdout
     # The same program as `python -m senet_jax.<tool>`: the module's docstring is the help.
     assert f'senet_jax.{tool}' in result.stdout, tool
+  # senet-train (absl flags, as main.py): its help lists the flags, its docstring the usage.
+  result = run_outside(python, tmp_path, [script(python, 'senet-train'), '--help'])
+  assert result.returncode == 0 and 'senet-train --config=configs/quickstart.py' in (
+      result.stdout), result.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -65,6 +65,15 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path, caplog):
   assert {k: v for k, v in history[0].items() if k != 'step'} == pytest.approx(results)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  # The second evaluator's line reads like the main one's (issue 36: 'flipped_top1 0.9972').
+  assert any('|| flipped: top1 ' in m and ' images' in m for m in log if m.startswith('eval at'))
+  # A rerun of the finished run says so, trains nothing, and evaluates its checkpoint again.
+  caplog.clear()
+  assert train.train_and_evaluate(config, workdir) == pytest.approx(results)
+  log = [r.getMessage() for r in caplog.records]
+  assert f'run already complete: step 6 of 6 in {workdir}; nothing to train, evaluating its ' \
+         'last checkpoint' in log
+  assert not [m for m in log if m.startswith('step ')]
 
 
 def _final_state(workdir):

@@ -7,7 +7,7 @@ Every point is SE-ResNet-50's network with its attention swapped (`attn_layer`);
 knobs (reduction 16, ReLU MLP, sigmoid gate) are shared by the layers that have them. The
 Gather-Excite point is the paper's parameter-free GE-theta-minus with a global extent.
 """
-from configs.sweeps import common
+from senet_jax.configs.sweeps import common
 
 
 def get_config(variant: str = ''):

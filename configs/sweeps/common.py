@@ -7,7 +7,7 @@ of {dotted config field: value} points.
 """
 import ml_collections
 
-from configs import quickstart, recipes
+from senet_jax.configs import quickstart, recipes
 
 
 def base_config(variant: str = '') -> ml_collections.ConfigDict:

@@ -11,8 +11,8 @@ point changes one field of it) is configs/fashion_mnist.py's narrow SE-ResNet: S
 stages 2..4, so the stage ablation has no stage 5. The points are the digits/ImageNet sweeps'
 own where those fit (one definition of each ablation).
 """
-from configs import fashion_mnist
-from configs.sweeps import se_gate, se_integration, se_reduction_ratio, se_squeeze
+from senet_jax.configs import fashion_mnist
+from senet_jax.configs.sweeps import se_gate, se_integration, se_reduction_ratio, se_squeeze
 
 ABLATIONS = {
     'se': [{'model_kwargs.se': s} for s in (True, False)],

@@ -3,7 +3,7 @@
     python -m senet_jax.sweep --config=configs/sweeps/se_gate.py --workdir=DIR        # ImageNet
     python -m senet_jax.sweep --config=configs/sweeps/se_gate.py:quick --workdir=DIR  # digits
 """
-from configs.sweeps import common
+from senet_jax.configs.sweeps import common
 
 
 def get_config(variant: str = ''):

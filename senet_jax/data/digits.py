@@ -8,10 +8,16 @@ stratified 80/20 train/test split.
     python -c "from senet_jax.data import digits; digits.build(data_dir='~/tensorflow_datasets')"
 
 or simply point a config at `dataset='senet_digits'`: the pipeline builds it on first use.
+
+One test-split digit as a PNG file (an input for `senet_jax.cam` / `senet_jax.predict`):
+
+    python -m senet_jax.data.digits digit.png                  # test digit 0, 64 px
+    python -m senet_jax.data.digits seven.png --index=5 --resolution=128
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -59,6 +65,14 @@ class SenetDigits(tfds.core.GeneratorBasedBuilder):
     for i in indices:
       yield int(i), {'image': images[i], 'label': int(labels[i])}
 
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
+  # prepared" for every dataset it builds; nothing is downloaded here (build() says what it does).
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
 
 def load_images(resolution: int) -> tuple[np.ndarray, np.ndarray]:
   """All 1,797 digits as uint8 RGB images of `resolution` pixels, and their labels."""
@@ -84,8 +98,56 @@ def stratified_split(labels: np.ndarray, seed: int = 0):
 
 
 def build(data_dir: str | None = None, resolution: int = 32) -> tfds.core.DatasetBuilder:
-  """Builds (once) and returns the digits dataset in ArrayRecord format under `data_dir`."""
-  builder = SenetDigits(config=f'r{resolution}', data_dir=data_dir,
-                        file_format='array_record')
-  builder.download_and_prepare()
+  """Builds (once) and returns the digits dataset in ArrayRecord format under `data_dir`.
+
+  The first build logs one line (no download: the images ship with scikit-learn) and shows
+  no TFDS progress bars; later calls only open it.
+  """
+  from senet_jax.utils import quiet
+  with quiet.absl_messages(quiet.TFDS_NOT_PREPARED):  # not yet: it is built below
+    builder = SenetDigits(config=f'r{resolution}', data_dir=data_dir,
+                          file_format='array_record')
+    prepared = builder.is_prepared()
+  if not prepared:
+    logging.info('building the %s dataset from scikit-learn (no download) in %s', NAME,
+                 builder.data_dir)
+    from tensorflow_datasets.core.utils import tqdm_utils
+    bars = getattr(tqdm_utils, '_active', True)  # TFDS has no public getter
+    tfds.display_progress_bar(False)
+    try:
+      builder.download_and_prepare()
+    finally:
+      tfds.display_progress_bar(bars)
   return builder
+
+
+def write_png(path: str, index: int = 0, resolution: int = 64) -> int:
+  """Writes the `index`-th digit of the test split (as the dataset stores it at `resolution`)
+  to the PNG file `path`; returns its label."""
+  import tensorflow as tf
+  images, labels = load_images(resolution)
+  _, test = stratified_split(labels)
+  if not 0 <= index < len(test):
+    raise ValueError(f'--index={index}: the test split has {len(test)} digits (0..{len(test) - 1})')
+  tf.io.write_file(path, tf.io.encode_png(images[test[index]]))
+  return int(labels[test[index]])
+
+
+def main(argv=None) -> int:
+  """The command line (see the module docstring); returns the exit status."""
+  import sys
+  from senet_jax.utils import cli
+  p = cli.parser(__doc__, prog='python -m senet_jax.data.digits')
+  p.add_argument('output', help='PNG file to write')
+  p.add_argument('--index', type=int, default=0, help='which digit of the test split')
+  p.add_argument('--resolution', type=int, default=64, help='side in pixels (RGB)')
+  args = p.parse_args(sys.argv[1:] if argv is None else argv)
+
+  def write(a):
+    label = write_png(a.output, a.index, a.resolution)
+    print(f'wrote {a.output}: test digit {a.index} (label {label}), {a.resolution}x{a.resolution}')
+  return cli.run(write, args)
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())

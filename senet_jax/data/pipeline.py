@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 from typing import Iterator
 
 import numpy as np
@@ -24,6 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from senet_jax.data import augment, preprocess
+from senet_jax.utils import quiet
 from senet_jax.utils.names import suggest
 
 _MAGIC = (b'\xff\xd8', b'\x89PNG', b'GIF8', b'BM')
@@ -40,16 +42,22 @@ def open_source(dataset: str, split: str, data_dir: str | None = None):
     builder = fashion_mnist.open_builder(data_dir)
   else:
     try:
-      builder = tfds.builder(dataset, data_dir=data_dir)
+      with quiet.absl_messages(quiet.TFDS_NOT_PREPARED):  # the error below says it
+        builder = tfds.builder(dataset, data_dir=data_dir)
     except Exception as err:  # DatasetNotFoundError and friends (its message is ~9000 chars)
       hint = suggest(dataset.split('/')[0],
                      [*tfds.list_builders(), 'senet_digits', 'senet_fashion_mnist'])
       raise ValueError(f'config.dataset={dataset!r}: not a TFDS dataset{hint} '
                        f'({type(err).__name__})') from None
-    if not builder.is_prepared():
+    with quiet.absl_messages(quiet.TFDS_NOT_PREPARED):
+      prepared = builder.is_prepared()
+    if not prepared:
+      root = os.fspath(builder.data_dir_root)  # config.data_dir, or TFDS's default
+      where = (f'config.data_dir={data_dir!r}' if data_dir else
+               f"TFDS's default data_dir {root!r} (config.data_dir is not set)")
       raise ValueError(
-          f'config.dataset={dataset!r} is not prepared in config.data_dir={builder.data_dir!r}. '
-          f'Prepare it first, in ArrayRecord format: `tfds build {dataset} --data_dir=DIR '
+          f'config.dataset={dataset!r} is not prepared in {where}: no {builder.data_dir}. '
+          f'Prepare it first, in ArrayRecord format: `tfds build {dataset} --data_dir={root} '
           f'--file_format=array_record` (ImageNet: add --manual_dir=DIR_WITH_TARS)')
   splits = list(builder.info.splits)
   base_split = split.split('[')[0]

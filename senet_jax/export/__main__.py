@@ -139,6 +139,7 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
+  serving.check_tools(args.format)  # a missing converter: before the checkpoint is even read
   servable = serving.load(args.checkpoint)
   serving.check_supported(servable, args.format)
   calibration = None

@@ -7,6 +7,7 @@ then the model in eval mode; it returns float32 logits.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from typing import Any, Callable
 
 import jax
@@ -59,10 +60,24 @@ def load(checkpoint: str) -> Servable:
                   tuple(loaded.std_rgb), prep, loaded.config)
 
 
-def check_supported(servable: Servable, fmt: str) -> None:
-  """Raises ExportError naming the model and format when the pair cannot be exported."""
+# The package each format's conversion needs beyond requirements.txt (requirements-test.txt
+# has them): checked before the checkpoint is read, not after a SavedModel and TFLite ran.
+FORMAT_PACKAGES = {'onnx': 'tf2onnx'}
+
+
+def check_tools(fmt: str) -> None:
+  """Raises ExportError when `fmt` is unknown or its converter package is not installed."""
   if fmt not in FORMATS:
     raise ExportError(f'--format={fmt!r}: expected one of {", ".join(FORMATS)}')
+  package = FORMAT_PACKAGES.get(fmt)
+  if package and importlib.util.find_spec(package) is None:
+    raise ExportError(f'--format={fmt} needs {package}, which is not installed (pip install '
+                      f'{package}); nothing was converted')
+
+
+def check_supported(servable: Servable, fmt: str) -> None:
+  """Raises ExportError naming the model and format when the pair cannot be exported."""
+  check_tools(fmt)
   limit = SIZE_LIMIT.get(fmt)
   if limit and servable.num_bytes >= limit:
     raise ExportError(f'{servable.name} cannot be exported as {fmt}: its float32 weights '

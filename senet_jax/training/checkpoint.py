@@ -21,6 +21,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 from senet_jax.errors import (CheckpointDamagedError, CheckpointError,  # noqa: F401 (re-exported)
                               CheckpointMismatchError, NonFiniteError, write_failure_cause)
 from senet_jax.training import integrity
+from senet_jax.utils import quiet
 
 BROKEN = '.broken'  # suffix of set-aside (damaged) checkpoint directories
 # What orbax puts in every step directory it writes: a numbered entry holding none of these was
@@ -349,6 +350,11 @@ def load_params(directory: str) -> dict:
   `directory` is a training workdir, its `checkpoints/` folder, or a converter output. Works
   whatever devices wrote the checkpoint (arrays are restored onto this process's first device).
   """
+  with quiet.orbax_read_only():  # orbax warns three times about any read-only manager
+    return _load_params(directory)
+
+
+def _load_params(directory: str) -> dict:
   for candidate in (os.path.join(directory, 'checkpoints'), directory):
     if not os.path.isdir(candidate):
       continue

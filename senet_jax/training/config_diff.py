@@ -26,6 +26,7 @@ HARMLESS = frozenset({
     'mesh_data', 'mesh_fsdp', 'mesh_dcn_data', 'remat', 'remat_policy',
     # What is observed: profiler traces, the MFU denominator, a W&B copy of the scalars.
     'profile_steps', 'peak_flops_per_device', 'wandb_project',
+    'memory_check',  # a check before the run starts (training/memory.py)
 })
 # Fields removed from configs/default.py that never had an effect (nothing read them): a
 # checkpoint whose saved config still lists them resumes without a "config changed" error.

@@ -275,6 +275,7 @@ FIELDS: dict[str, Checker] = {
     'mesh_dcn_data': mesh_axis,                 # slices / processes checked in sharding.py
     'remat': choice('none', 'block', 'stage'),
     'remat_policy': choice('nothing', 'conv'),
+    'memory_check': boolean,                    # training/memory.py
 }
 
 

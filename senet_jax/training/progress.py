@@ -79,23 +79,41 @@ def train_line(step: int, total: int, metrics: dict[str, float], images_per_s: f
   return ' | '.join(parts)
 
 
+# Every evaluator's metrics (evaluation.metrics.SuiteMetrics), in the order they are shown.
+RESULT_ORDER = {'top1': 0, 'top5': 1, 'loss': 2, 'ece': 3, 'num_examples': 9}
+
+
+def _split_result_key(key: str) -> tuple[str, bool, str]:
+  """'ema_real_top1' -> ('real', True, 'top1'): evaluator (main: ''), EMA weights, metric
+  (the names of evaluation.metric_key)."""
+  ema = key.startswith('ema_')
+  name = key[4:] if ema else key
+  for metric in RESULT_ORDER:
+    if name.endswith('_' + metric):
+      return name[:-len(metric) - 1], ema, metric
+  return '', ema, name
+
+
+def _format_metric(name: str, value: float) -> str:
+  if name == 'num_examples':
+    return f'{int(value)} images'
+  return f'{name} {100 * value:.2f}%' if name in ACCURACY_KEYS else f'{name} {value:.4f}'
+
+
 def format_results(results: dict[str, float]) -> str:
-  """Eval results grouped by weights: 'top1 98.89% | top5 100.00% | loss 0.0377 | EMA: ...'."""
-  groups: dict[str, list[str]] = {}
-  order = {'top1': 0, 'top5': 1, 'loss': 2, 'num_examples': 9}
-  for key, value in sorted(results.items(), key=lambda kv: (
-      order.get(kv[0].removeprefix('ema_'), 5), kv[0])):
-    prefix, name = ('ema_', key[4:]) if key.startswith('ema_') else ('', key)
-    if name == 'num_examples':
-      text = f'{int(value)} images'
-    elif name in ACCURACY_KEYS:
-      text = f'{name} {100 * value:.2f}%'
-    else:
-      text = f'{name} {value:.4f}'
-    groups.setdefault(prefix, []).append(text)
-  raw = ' | '.join(groups.pop('', []))
-  ema = ' | '.join(groups.pop('ema_', []))
-  return raw + (f' || EMA: {ema}' if ema else '')
+  """Eval results grouped by evaluator and weights, each group alike: 'top1 98.89% | top5
+  100.00% | loss 0.0377 | ece 0.0152 | 359 images || EMA: ... || real: ... || real EMA: ...'."""
+  groups: dict[tuple[str, bool], list[tuple[str, float]]] = {}
+  for key, value in results.items():
+    evaluator, ema, metric = _split_result_key(key)
+    groups.setdefault((evaluator, ema), []).append((metric, value))
+  parts = []
+  for evaluator, ema in sorted(groups, key=lambda g: (g[0] != '', g[0], g[1])):
+    metrics = sorted(groups[evaluator, ema], key=lambda m: (RESULT_ORDER.get(m[0], 5), m[0]))
+    text = ' | '.join(_format_metric(name, value) for name, value in metrics)
+    label = ' '.join(part for part in (evaluator, 'EMA' if ema else '') if part)
+    parts.append(f'{label}: {text}' if label else text)
+  return ' || '.join(parts)
 
 
 def loss_legend(label_smoothing: float, weight_decay: float) -> str:

@@ -11,13 +11,25 @@ from senet_jax.training import config_fields, optim, remat, sharding
 MIN_RESOLUTION = 32  # every registered network downsamples by 32
 
 
-def validate_fields(config) -> None:
-  """Raises ConfigError for a field of the wrong type or range, or an unknown model: the checks
-  that need no devices, data or TensorFlow, so main.py runs them first (a mistyped flag then
-  fails in about two seconds instead of after TensorFlow's import)."""
+def validate_fields(config, eval_only: bool = False) -> None:
+  """Raises ConfigError for a field of the wrong type or range, an unknown model, optimizer or
+  schedule, no run length or a missing init_from: the checks that need no devices, data or
+  TensorFlow, so main.py runs them first (a mistyped flag then fails in about two seconds
+  instead of after TensorFlow's import, ~8 s)."""
   problem = config_fields.check_fields(config)
   if problem:
     raise ConfigError(problem)
+  if not eval_only and config.num_epochs <= 0 and config.num_train_steps <= 0:
+    raise ConfigError('set config.num_epochs > 0 or config.num_train_steps > 0')
+  for field, allowed in (('optimizer', optim.OPTIMIZERS), ('lr_schedule', optim.SCHEDULES),
+                         ('augment', ('none', 'autoaugment', 'randaugment'))):
+    if config[field] not in allowed:
+      raise ConfigError(f'config.{field}={config[field]!r}; allowed: {list(allowed)}'
+                        f'{config_fields.suggest(config[field], allowed)}')
+  if (config.init_from and not config.init_from.startswith('hf:')  # hub: resolved at start
+      and not os.path.exists(config.init_from)):
+    raise ConfigError(f'config.init_from={config.init_from!r} does not exist (expected a '
+                      f"training workdir, a converter output or 'hf:owner/name')")
   if config.model not in list_models():
     raise ConfigError(f'config.model={config.model!r} is not a registered model'
                       f'{config_fields.suggest(config.model, list_models())} (all models: '
@@ -27,7 +39,7 @@ def validate_fields(config) -> None:
 def validate_config(config, workdir: str, device_count: int, process_count: int,
                     eval_only: bool = False) -> None:
   """Raises ConfigError for the first invalid field (nothing has been computed yet)."""
-  validate_fields(config)
+  validate_fields(config, eval_only)
   validate_mesh(config, device_count)
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
@@ -43,21 +55,10 @@ def validate_config(config, workdir: str, device_count: int, process_count: int,
   if config.image_size < MIN_RESOLUTION:
     raise ConfigError(f'config.image_size={config.image_size} is too small: the networks '
                       f'downsample by 32, so it must be >= {MIN_RESOLUTION}')
-  if not eval_only and config.num_epochs <= 0 and config.num_train_steps <= 0:
-    raise ConfigError('set config.num_epochs > 0 or config.num_train_steps > 0')
   if config.num_classes < 1:
     raise ConfigError(f'config.num_classes must be >= 1, got {config.num_classes}')
   if config.dtype not in ('float32', 'bfloat16'):
     raise ConfigError(f"config.dtype={config.dtype!r}; allowed: ['float32', 'bfloat16']")
-  for field, allowed in (('optimizer', optim.OPTIMIZERS), ('lr_schedule', optim.SCHEDULES),
-                         ('augment', ('none', 'autoaugment', 'randaugment'))):
-    if config[field] not in allowed:
-      raise ConfigError(f'config.{field}={config[field]!r}; allowed: {list(allowed)}'
-                        f'{config_fields.suggest(config[field], allowed)}')
-  if (config.init_from and not config.init_from.startswith('hf:')  # hub: resolved at start
-      and not os.path.exists(config.init_from)):
-    raise ConfigError(f'config.init_from={config.init_from!r} does not exist (expected a '
-                      f"training workdir, a converter output or 'hf:owner/name')")
   _check_workdir(workdir)
   model_info(config.model)  # registry errors are already clear
   model = check_model_kwargs(config)

@@ -27,6 +27,7 @@ import traceback
 from typing import Callable
 
 from senet_jax import errors
+from senet_jax.utils import quiet
 
 DONE, UNEXPECTED, BAD_INPUT, BAD_CHECKPOINT = 0, 1, 2, 4
 
@@ -43,7 +44,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parser(doc: str | None, **kwargs) -> ArgumentParser:
-  """A tool's parser: `doc` (the module docstring) as help, plus `--verbose` / `--debug`."""
+  """A tool's parser: `doc` (the module docstring) as help, plus `--verbose` / `--debug`.
+
+  Every tool makes its parser before its work imports TensorFlow: TensorFlow's oneDNN banners
+  and C++ INFO lines are silenced here, for all of them (main.py does the same).
+  """
+  quiet.tensorflow_banners()
   p = ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter, **kwargs)
   p.add_argument('--verbose', '--debug', action='store_true',
                  help='print the traceback of an error, not only its one-line message')

@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import os
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(PACKAGE_DIR)
 
 
 def resolve_repo_path(path: str, root: str = REPO_ROOT) -> str:
-  """`path` if it exists from the working directory, else the same path under the clone.
+  """`path` if it exists from the working directory, else the same path under the clone, else
+  under the installed package (`configs/...`: the configs shipped as senet_jax/configs).
 
-  Lets `--config=configs/quickstart.py` run from any directory; a path found in neither place
-  is returned unchanged (the caller's error then names it).
+  Lets `--config=configs/quickstart.py` run from any directory, and after `pip install`; a
+  path found in none of these places is returned unchanged (the caller's error names it).
   """
   if os.path.isabs(path) or os.path.exists(path):
     return path
-  candidate = os.path.join(root, path)
-  return candidate if os.path.exists(candidate) else path
+  for candidate in (os.path.join(root, path), os.path.join(PACKAGE_DIR, path)):
+    if os.path.exists(candidate):
+      return candidate
+  return path
 
 
 def resolve_config_flag(argv: list[str], root: str = REPO_ROOT) -> list[str]:

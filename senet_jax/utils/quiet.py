@@ -21,16 +21,26 @@ class _DropMessages(logging.Filter):
     return not any(f in message for f in self.fragments)
 
 
+# What TFDS warns about when it opens a dataset that is not prepared (yet): the dataset is then
+# built (senet_digits) or the error names the missing directory.
+TFDS_NOT_PREPARED = ('has no dataset_info.json',)
+
+
 @contextlib.contextmanager
-def orbax_read_only():
-  """Inside: orbax's warnings about a read-only manager / partial restore are dropped."""
-  logger = logging.getLogger('absl')  # orbax logs through absl.logging
-  drop = _DropMessages(ORBAX_READ_ONLY)
+def absl_messages(fragments):
+  """Inside: absl log records below ERROR containing any of `fragments` are dropped."""
+  logger = logging.getLogger('absl')  # orbax and TFDS log through absl.logging
+  drop = _DropMessages(fragments)
   logger.addFilter(drop)
   try:
     yield
   finally:
     logger.removeFilter(drop)
+
+
+def orbax_read_only():
+  """Inside: orbax's warnings about a read-only manager / partial restore are dropped."""
+  return absl_messages(ORBAX_READ_ONLY)
 
 
 def tensorflow_banners() -> None:
