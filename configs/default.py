@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.crop_area_range = (0.08, 1.0)  # Inception random crop: fraction of the image area
   config.random_flip = True             # horizontal flip at training time
   config.input_dtype = 'float32'        # dtype of the batches the pipeline yields
+  # Input backend: 'tfdata' (TensorFlow decodes and augments) or 'grain' (Grain + Pillow/numpy,
+  # no TensorFlow: senet_jax/data/grain_pipeline.py). Same order and resume; other random draws.
+  config.input_backend = 'tfdata'
   config.augment = 'none'               # 'none', 'autoaugment' (policy v0), 'randaugment'
   config.randaugment_num_layers = 2     # RandAugment N
   config.randaugment_magnitude = 10.0   # RandAugment M (float: progressive stages interpolate)

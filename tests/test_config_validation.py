@@ -95,6 +95,7 @@ BAD_VALUES = {
     'remat': ['stages', True],
     'remat_policy': ['everything'],
     'memory_check': ['yes', 1],
+    'input_backend': ['tf.data', 'torch'],
 }
 
 

@@ -1,8 +1,9 @@
 """AutoAugment (ImageNet policy v0) and RandAugment as in the official TPU code, plus mixup/cutmix.
 
-Ops, magnitudes and the v0 policy follow `tensorflow/tpu/models/official/efficientnet/
-autoaugment.py` (levels 0..10, fill value 128 for geometric ops); randomness is stateless
-(explicit seeds) so augmentations are reproducible and resumable. Images are uint8 HxWx3.
+Ops, magnitudes and the v0 policy (augment_table.py, shared with the Grain backend's
+augment_ops.py) follow `tensorflow/tpu/models/official/efficientnet/autoaugment.py` (levels
+0..10, fill value 128 for geometric ops); randomness is stateless (explicit seeds) so
+augmentations are reproducible and resumable. Images are uint8 HxWx3.
 """
 from __future__ import annotations
 
@@ -10,28 +11,10 @@ import math
 
 import tensorflow as tf
 
-MAX_LEVEL = 10.0
-FILL = 128
-
-# ImageNet policy v0: 25 sub-policies of two (op, probability, level).
-POLICY_V0 = [
-    [('Equalize', 0.8, 1), ('ShearY', 0.8, 4)], [('Color', 0.4, 9), ('Equalize', 0.6, 3)],
-    [('Color', 0.4, 1), ('Rotate', 0.6, 8)], [('Solarize', 0.8, 3), ('Equalize', 0.4, 7)],
-    [('Solarize', 0.4, 2), ('Solarize', 0.6, 2)], [('Color', 0.2, 0), ('Equalize', 0.8, 8)],
-    [('Equalize', 0.4, 8), ('SolarizeAdd', 0.8, 3)], [('ShearX', 0.2, 9), ('Rotate', 0.6, 8)],
-    [('Color', 0.6, 1), ('Equalize', 1.0, 2)], [('Invert', 0.4, 9), ('Rotate', 0.6, 0)],
-    [('Equalize', 1.0, 9), ('ShearY', 0.6, 3)], [('Color', 0.4, 7), ('Equalize', 0.6, 0)],
-    [('Posterize', 0.4, 6), ('AutoContrast', 0.4, 7)], [('Solarize', 0.6, 8), ('Color', 0.6, 9)],
-    [('Solarize', 0.2, 4), ('Rotate', 0.8, 9)], [('Rotate', 1.0, 7), ('TranslateY', 0.8, 9)],
-    [('ShearX', 0.0, 0), ('Solarize', 0.8, 4)], [('ShearY', 0.8, 0), ('Color', 0.6, 4)],
-    [('Color', 1.0, 0), ('Rotate', 0.6, 2)], [('Equalize', 0.8, 4), ('Equalize', 0.0, 8)],
-    [('Equalize', 1.0, 4), ('AutoContrast', 0.6, 2)], [('ShearY', 0.4, 7), ('SolarizeAdd', 0.6, 7)],
-    [('Posterize', 0.8, 2), ('Solarize', 0.6, 10)], [('Solarize', 0.6, 8), ('Equalize', 0.6, 1)],
-    [('Color', 0.8, 6), ('Rotate', 0.4, 5)],
-]
-RANDAUGMENT_OPS = ['AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize',
-                   'Color', 'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY',
-                   'TranslateX', 'TranslateY', 'Cutout', 'SolarizeAdd']
+# The op table (ops, policy, magnitude ranges) is shared with the Grain backend.
+from senet_jax.data.augment_table import (  # noqa: E402,F401
+    FILL, MAX_LEVEL, POLICY_V0, RANDAUGMENT_CONSTS, RANDAUGMENT_OPS, RANDAUGMENT_PROB, SIGNED,
+    argument)
 
 
 def _uniform(seed, minval=0.0, maxval=1.0):
@@ -113,7 +96,8 @@ def apply_op(name: str, image, level, seed, translate_const=250.0, cutout_const=
   """Applies the named op at `level` (0..10); geometric magnitudes get a random sign."""
   frac = tf.cast(level, tf.float32) / MAX_LEVEL
   sign = tf.where(_uniform(seed) < 0.5, -1.0, 1.0)
-  enhance = frac * 1.8 + 0.1
+  consts = dict(translate_const=translate_const, cutout_const=cutout_const)
+  arg = argument(name, frac, consts)  # the table's magnitude (sign: SIGNED ops below)
   gray = lambda: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
   if name == 'AutoContrast':
     return _per_channel(_autocontrast_channel, image)
@@ -122,36 +106,36 @@ def apply_op(name: str, image, level, seed, translate_const=250.0, cutout_const=
   if name == 'Invert':
     return 255 - image
   if name == 'Rotate':
-    return _rotate(image, sign * frac * 30.0)
+    return _rotate(image, sign * arg)
   if name == 'Posterize':
-    shift = tf.cast(8 - tf.cast(frac * 4, tf.int32), tf.uint8)
+    shift = tf.cast(8 - tf.cast(arg, tf.int32), tf.uint8)
     return tf.bitwise.left_shift(tf.bitwise.right_shift(image, shift), shift)
   if name == 'Solarize':
-    threshold = tf.cast(frac * 256, tf.int32)
+    threshold = tf.cast(arg, tf.int32)
     return tf.where(tf.cast(image, tf.int32) < threshold, image, 255 - image)
   if name == 'SolarizeAdd':
-    added = tf.cast(tf.clip_by_value(tf.cast(image, tf.int32) + tf.cast(frac * 110, tf.int32),
+    added = tf.cast(tf.clip_by_value(tf.cast(image, tf.int32) + tf.cast(arg, tf.int32),
                                      0, 255), tf.uint8)
     return tf.where(image < 128, added, image)
   if name == 'Color':
-    return _blend(gray(), image, enhance)
+    return _blend(gray(), image, arg)
   if name == 'Contrast':
     mean = tf.reduce_mean(tf.cast(tf.image.rgb_to_grayscale(image), tf.float32))
-    return _blend(tf.fill(tf.shape(image), tf.cast(mean, tf.uint8)), image, enhance)
+    return _blend(tf.fill(tf.shape(image), tf.cast(mean, tf.uint8)), image, arg)
   if name == 'Brightness':
-    return _blend(tf.zeros_like(image), image, enhance)
+    return _blend(tf.zeros_like(image), image, arg)
   if name == 'Sharpness':
-    return _sharpness(image, enhance)
+    return _sharpness(image, arg)
   if name == 'ShearX':
-    return _transform(image, tf.stack([1.0, sign * frac * 0.3, 0, 0, 1, 0, 0, 0]))
+    return _transform(image, tf.stack([1.0, sign * arg, 0, 0, 1, 0, 0, 0]))
   if name == 'ShearY':
-    return _transform(image, tf.stack([1.0, 0, 0, sign * frac * 0.3, 1, 0, 0, 0]))
+    return _transform(image, tf.stack([1.0, 0, 0, sign * arg, 1, 0, 0, 0]))
   if name == 'TranslateX':
-    return _transform(image, tf.stack([1.0, 0, -sign * frac * translate_const, 0, 1, 0, 0, 0]))
+    return _transform(image, tf.stack([1.0, 0, -sign * arg, 0, 1, 0, 0, 0]))
   if name == 'TranslateY':
-    return _transform(image, tf.stack([1.0, 0, 0, 0, 1, -sign * frac * translate_const, 0, 0]))
+    return _transform(image, tf.stack([1.0, 0, 0, 0, 1, -sign * arg, 0, 0]))
   if name == 'Cutout':
-    return _cutout(image, tf.cast(frac * cutout_const, tf.int32), seed)
+    return _cutout(image, tf.cast(arg, tf.int32), seed)
   raise ValueError(f'unknown augmentation op {name!r}; known: {RANDAUGMENT_OPS}')
 
 
@@ -180,11 +164,12 @@ def autoaugment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def randaugment(image: tf.Tensor, seed: tf.Tensor, num_layers: int = 2,
                 magnitude: float = 10) -> tf.Tensor:
   """RandAugment (N, M): N times, a uniformly chosen op applied with probability 0.5 at M."""
-  consts = dict(translate_const=100.0, cutout_const=40)
+  consts = RANDAUGMENT_CONSTS
   for s in tf.unstack(tf.random.experimental.stateless_split(seed, num_layers)):
     s_pick, s_op = tf.unstack(tf.random.experimental.stateless_split(s, 2))
     pick = tf.random.stateless_uniform([], s_pick, 0, len(RANDAUGMENT_OPS), tf.int32)
-    branches = [(lambda name=name, img=image: _maybe(img, name, 0.5, magnitude, s_op, **consts))
+    branches = [(lambda name=name, img=image: _maybe(img, name, RANDAUGMENT_PROB, magnitude,
+                                                    s_op, **consts))
                 for name in RANDAUGMENT_OPS]
     image = tf.switch_case(pick, branches)
   return image

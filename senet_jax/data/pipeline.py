@@ -7,128 +7,34 @@ seeded by (seed, q). So restoring the iterator at step k costs nothing (no repla
 buffer in the checkpoint; the state is one integer), every process reads disjoint examples, and
 the result does not depend on decode parallelism. This needs random access to records: TFDS
 `data_source`s over ArrayRecord files (what MaxText uses). Decoding and augmentation run in
-`tf.data` with parallel maps.
+`tf.data` with parallel maps; the shared, TensorFlow-free parts (sources, order, evaluation
+layout) live in sources.py, and grain_pipeline.py is the same design without TensorFlow
+(`config.input_backend`: `make_train_iterator` / `eval_iterator` route to it).
 
 Evaluation: each process takes a contiguous shard of the split; all processes run the same number
 of batches, the missing tail padded and masked (mask 0), so metrics are exact over the split.
 """
 from __future__ import annotations
 
-import io
-import logging
-import math
-import os
 from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from senet_jax.data import augment, preprocess
-from senet_jax.utils import quiet
-from senet_jax.utils.names import suggest
-
-_MAGIC = (b'\xff\xd8', b'\x89PNG', b'GIF8', b'BM')
-
-
-def open_source(dataset: str, split: str, data_dir: str | None = None):
-  """A random-access TFDS data source with undecoded images; builds `senet_digits` offline."""
-  if dataset.split('/')[0] == 'senet_digits':
-    from senet_jax.data import digits
-    resolution = int(dataset.split('/r')[1]) if '/r' in dataset else 32
-    builder = digits.build(data_dir, resolution)
-  elif dataset == 'senet_fashion_mnist':
-    from senet_jax.data import fashion_mnist
-    builder = fashion_mnist.open_builder(data_dir)
-  else:
-    try:
-      with quiet.absl_messages(quiet.TFDS_NOT_PREPARED):  # the error below says it
-        builder = tfds.builder(dataset, data_dir=data_dir)
-    except Exception as err:  # DatasetNotFoundError and friends (its message is ~9000 chars)
-      hint = suggest(dataset.split('/')[0],
-                     [*tfds.list_builders(), 'senet_digits', 'senet_fashion_mnist'])
-      raise ValueError(f'config.dataset={dataset!r}: not a TFDS dataset{hint} '
-                       f'({type(err).__name__})') from None
-    with quiet.absl_messages(quiet.TFDS_NOT_PREPARED):
-      prepared = builder.is_prepared()
-    if not prepared:
-      root = os.fspath(builder.data_dir_root)  # config.data_dir, or TFDS's default
-      where = (f'config.data_dir={data_dir!r}' if data_dir else
-               f"TFDS's default data_dir {root!r} (config.data_dir is not set)")
-      raise ValueError(
-          f'config.dataset={dataset!r} is not prepared in {where}: no {builder.data_dir}. '
-          f'Prepare it first, in ArrayRecord format: `tfds build {dataset} --data_dir={root} '
-          f'--file_format=array_record` (ImageNet: add --manual_dir=DIR_WITH_TARS)')
-  splits = list(builder.info.splits)
-  base_split = split.split('[')[0]
-  if base_split not in splits:
-    raise ValueError(f'split {split!r} of {dataset!r} does not exist{suggest(base_split, splits)}'
-                     f' (splits: {splits})')
-  try:
-    return builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
-  except NotImplementedError as err:
-    raise ValueError(
-        f'{dataset!r} is stored as {builder.info.file_format}; senet_jax reads ArrayRecord '
-        f'(random access makes resuming exact). Re-prepare it with '
-        f'`tfds build {dataset} --file_format=array_record`') from err
-
-
-def num_classes_of(dataset_source) -> int | None:
-  """Number of classes of a data source's 'label' feature, when it says."""
-  feature = dataset_source.dataset_info.features['label']
-  return getattr(feature, 'num_classes', None)
-
-
-def warn_skipped(indices) -> None:
-  """Logs examples whose image bytes cannot be decoded (they are masked out, never a crash)."""
-  logging.warning('skipping %d undecodable image(s): examples %s', len(indices),
-                  [int(i) for i in indices])
-
-
-def image_is_readable(data: bytes) -> bool:
-  """Cheap header check (PIL verify): rejects empty, unknown-format and header-broken files."""
-  if not data or not data.startswith(_MAGIC):
-    return False
-  from PIL import Image
-  try:
-    with Image.open(io.BytesIO(data)) as img:
-      img.verify()
-      return 0 < img.width * img.height
-  except Exception:  # noqa: BLE001 - any parse error means "skip this example"
-    return False
-
-
-def _read_label(record, index: int, num_classes: int, label_key: str):
-  """The int label, or for a sequence feature (ReaL's 'real_label') a multi-hot vector."""
-  if label_key == 'label':
-    values = label = int(record['label'])
-  else:  # a variable-length list of classes, possibly empty
-    values = np.asarray(record[label_key], np.int64).reshape(-1)
-    label = np.zeros(num_classes, np.int32)
-  bad = [int(v) for v in np.atleast_1d(values) if not 0 <= v < num_classes]
-  if bad:
-    raise ValueError(f'example {int(index)} has {label_key} {bad[0]} outside [0, {num_classes})')
-  if label_key != 'label':
-    label[values] = 1
-  return label
+# Re-exported: callers use pipeline.open_source & co. (they are TensorFlow-free, in sources.py).
+from senet_jax.data.sources import (  # noqa: F401
+    InMemorySource, check_batch_size, epoch_permutation, eval_layout, eval_shard,
+    example_indices, image_is_readable, num_classes_of, num_eval_steps, open_source,
+    read_records, train_positions, warn_skipped)
 
 
 def _reader(source, num_classes: int, placeholder: bytes, label_key: str = 'label'):
   """numpy function: record indices -> (image bytes, label, ok), labels checked."""
   def read(indices):
-    records = source.__getitems__([int(i) for i in indices])
-    images, labels, ok = [], [], []
-    for i, record in zip(indices, records):
-      label = _read_label(record, i, num_classes, label_key)
-      data = record['image']
-      good = image_is_readable(data)
-      images.append(data if good else placeholder)
-      labels.append(label)
-      ok.append(good)
-    ok = np.asarray(ok)
-    if not ok.all():
-      warn_skipped(np.asarray(indices)[~ok])
-    return np.asarray(images, object), np.asarray(labels, np.int32), ok.astype(np.float32)
+    images, labels, ok = read_records(source, indices, num_classes, label_key)
+    images = [placeholder if data is None else data for data in images]
+    return np.asarray(images, object), labels, ok
   return read
 
 
@@ -146,19 +52,6 @@ def _read_dataset(index_batches: tf.data.Dataset, source, num_classes, label_key
   return index_batches.map(fn).unbatch()
 
 
-def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-  """The order of epoch `epoch`: a permutation seeded by (seed, epoch)."""
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
-
-
-def train_positions(step: int, global_batch: int, process_index: int,
-                    process_count: int) -> np.ndarray:
-  """Global stream positions of this process's share of the batch of `step`."""
-  local = global_batch // process_count
-  start = step * global_batch + process_index * local
-  return np.arange(start, start + local, dtype=np.int64)
-
-
 def _train_index_batches(seed, num_examples, start_step, global_batch, pid, pcount):
   cache = {}  # the permutations of the epochs the current batch touches (one or two)
 
@@ -166,33 +59,11 @@ def _train_index_batches(seed, num_examples, start_step, global_batch, pid, pcou
     step = start_step
     while True:
       positions = train_positions(step, global_batch, pid, pcount)
-      epochs = positions // num_examples
-      needed = set(np.unique(epochs).tolist())
-      for e in set(cache) - needed:
-        del cache[e]
-      indices = np.empty_like(positions)
-      for e in needed:
-        if e not in cache:
-          cache[e] = epoch_permutation(seed, e, num_examples)
-        sel = epochs == e
-        indices[sel] = cache[e][positions[sel] % num_examples]
-      yield positions, indices
+      yield positions, example_indices(seed, positions, num_examples, cache)
       step += 1
 
   spec = tf.TensorSpec([global_batch // pcount], tf.int64)
   return tf.data.Dataset.from_generator(gen, output_signature=(spec, spec))
-
-
-def check_batch_size(global_batch: int, device_count: int, process_count: int,
-                     field: str = 'batch_size') -> int:
-  """Returns the per-process batch; errors name the field when it does not divide evenly."""
-  if global_batch <= 0 or global_batch % device_count:
-    raise ValueError(f'config.{field}={global_batch} must be a positive multiple of the device '
-                     f'count ({device_count}) so every device gets the same share')
-  if global_batch % process_count:
-    raise ValueError(f'config.{field}={global_batch} must be divisible by the process count '
-                     f'({process_count})')
-  return global_batch // process_count
 
 
 def _tf_dtype(name: str):
@@ -270,15 +141,12 @@ class TrainIterator:
     return batch
 
 
-def eval_shard(num_examples: int, process_index: int, process_count: int):
-  """[start, end) of this process's contiguous shard of an eval split."""
-  return (num_examples * process_index // process_count,
-          num_examples * (process_index + 1) // process_count)
-
-
-def num_eval_steps(num_examples: int, local_batch: int, process_count: int) -> int:
-  """Batches every process runs: enough for the largest shard."""
-  return max(1, math.ceil(math.ceil(num_examples / process_count) / local_batch))
+def make_train_iterator(config, source, **kwargs):
+  """The training iterator of `config.input_backend`: TrainIterator (tf.data) or Grain's."""
+  if config.get('input_backend', 'tfdata') == 'grain':
+    from senet_jax.data import grain_pipeline
+    return grain_pipeline.TrainIterator(config, source, **kwargs)
+  return TrainIterator(config, source, **kwargs)
 
 
 def eval_iterator(source, prep: preprocess.Preprocessing, batch_size: int, num_classes: int, *,
@@ -290,15 +158,15 @@ def eval_iterator(source, prep: preprocess.Preprocessing, batch_size: int, num_c
   `label_key`: the int feature 'label', or a sequence feature of classes (ImageNet-ReaL's
   'real_label'), delivered as a (batch, num_classes) multi-hot 'label'.
   """
+  if prep.input_backend == 'grain':
+    from senet_jax.data import grain_pipeline
+    yield from grain_pipeline.eval_iterator(
+        source, prep, batch_size, num_classes, process_index=process_index,
+        process_count=process_count, device_count=device_count, label_key=label_key)
+    return
   local = check_batch_size(batch_size, device_count, process_count, 'eval_batch_size')
-  n = len(source)
-  start, end = eval_shard(n, process_index, process_count)
-  steps = num_eval_steps(n, local, process_count)
-  indices = np.full(steps * local, start if end > start else 0, np.int64)
-  indices[:end - start] = np.arange(start, end)
-  valid = np.zeros(steps * local, np.float32)
-  valid[:end - start] = 1.0
-  ds = tf.data.Dataset.from_tensor_slices((np.arange(steps * local), indices)).batch(local)
+  indices, valid = eval_layout(len(source), local, process_index, process_count)
+  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(indices)), indices)).batch(local)
   ds = _read_dataset(ds, source, num_classes, label_key)
   ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(valid)))
   dtype = _tf_dtype(prep.input_dtype)
@@ -311,21 +179,3 @@ def eval_iterator(source, prep: preprocess.Preprocessing, batch_size: int, num_c
 
   ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(local).prefetch(tf.data.AUTOTUNE)
   yield from ds.as_numpy_iterator()
-
-
-
-class InMemorySource:
-  """A random-access source over a list of {'image': bytes, 'label': int} records.
-
-  Same interface as a TFDS data source (`len`, `__getitems__`); for tests, benchmarks and
-  small in-memory datasets.
-  """
-
-  def __init__(self, records):
-    self.records = list(records)
-
-  def __len__(self) -> int:
-    return len(self.records)
-
-  def __getitems__(self, indices):
-    return [self.records[i] for i in indices]

@@ -6,29 +6,12 @@ identically whatever the parallelism, and a resumed run reproduces the original 
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import tensorflow as tf
 
-CROP_PADDING = 32  # eval center crop keeps res / (res + 32) of the shorter side
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """The eval transform: center crop of `crop_fraction` (<= 0: official), resize, normalise."""
-  image_size: int
-  crop_fraction: float
-  interpolation: str
-  mean_rgb: tuple
-  std_rgb: tuple
-  input_dtype: str = 'float32'
-
-  @classmethod
-  def from_config(cls, config) -> 'Preprocessing':
-    """The training config's eval preprocessing."""
-    return cls(config.image_size, config.eval_crop_fraction, config.interpolation,
-               tuple(config.mean_rgb), tuple(config.std_rgb), config.input_dtype)
+# The eval transform's description and the crop constant are shared with the Grain backend.
+from senet_jax.data.image_ops import CROP_PADDING, Preprocessing  # noqa: E402,F401
 
 
 def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:

@@ -221,6 +221,7 @@ FIELDS: dict[str, Checker] = {
     'crop_area_range': crop_range,
     'random_flip': boolean,
     'input_dtype': choice('float32', 'bfloat16'),
+    'input_backend': choice('tfdata', 'grain'),  # grain's interpolations: grain_pipeline.py
     'augment': choice('none', 'autoaugment', 'randaugment'),
     'randaugment_num_layers': integer(0),
     'randaugment_magnitude': number(0, 30),

@@ -264,7 +264,7 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool, watcher) -> dict[
                       metrics=metrics, force=force)
 
   # ---- Loop ----------------------------------------------------------------------------
-  make_iter = lambda cfg, start: pipeline.TrainIterator(
+  make_iter = lambda cfg, start: pipeline.make_train_iterator(  # config.input_backend
       cfg, train_source, start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count(), device_count=jax.device_count())
   train_iter = (progressive.StagedIterator(stages, config, make_iter, start_step, log=_log)
