@@ -1,7 +1,15 @@
-r"""Host-side input pipeline throughput: ImageNet training preprocessing on synthetic JPEGs.
+r"""Host-side input pipeline throughput: ImageNet preprocessing on synthetic JPEGs, side by side.
 
     python benchmarks/input_pipeline.py --num_images=512 --batch=64 --steps=30 --augment=none
-    python benchmarks/input_pipeline.py --augment=autoaugment
+    python benchmarks/input_pipeline.py --augment=randaugment --backends=tfdata,grain,timm
+
+Backends: 'tfdata' (pipeline.py), 'grain' (grain_pipeline.py: Grain + Pillow/numpy, no
+TensorFlow) and 'timm' (timm's PIL `create_transform` + a torch DataLoader, for reference).
+Each runs training preprocessing (random resized crop, flip, --augment: --steps batches after 3
+warm-up ones) and eval preprocessing (center crop + resize: one pass over the images, the
+pipeline's start included); `--workers` worker processes for grain and timm (0: in-process; grain
+then reads ahead with threads, tf.data always uses its own thread pool). Rates are images/s
+and images/s per CPU core available to the process (os.sched_getaffinity).
 
 Images are random-content JPEGs of ImageNet's typical size (500x375, quality 90) served from
 memory by a random-access source, so the figure is decode + crop + resize (+ augment) +
@@ -34,6 +42,83 @@ def synthetic_jpegs(n: int, width: int = 500, height: int = 375, seed: int = 0):
   return records
 
 
+def _tfdata(config, source, train: bool, workers: int):
+  from senet_jax.data import pipeline, preprocess
+  del workers  # tf.data sizes its own thread pool
+  if train:
+    return pipeline.TrainIterator(config, source)
+  prep = preprocess.Preprocessing.from_config(config)
+  return pipeline.eval_iterator(source, prep, config.batch_size, 1000)
+
+
+def _grain(config, source, train: bool, workers: int):
+  from senet_jax.data import grain_pipeline, image_ops
+  if train:
+    return grain_pipeline.TrainIterator(config, source, num_workers=workers)
+  prep = image_ops.Preprocessing.from_config(config)
+  return grain_pipeline.eval_iterator(source, prep, config.batch_size, 1000,
+                                      num_workers=workers)
+
+
+class _TimmDataset:
+  def __init__(self, records, transform):
+    self.records, self.transform = records, transform
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, i):
+    from PIL import Image
+    image = Image.open(io.BytesIO(self.records[i]['image'])).convert('RGB')
+    return self.transform(image), self.records[i]['label']
+
+
+def _timm(config, source, train: bool, workers: int):
+  import torch
+  from timm.data import create_transform
+  torch.set_num_threads(1)  # 2 intra-op threads made each transform ~8x slower here (load)
+  aa = {'none': None, 'randaugment': f'rand-m{int(config.randaugment_magnitude)}-n2',
+        'autoaugment': 'v0'}[config.augment]
+  transform = create_transform(config.image_size, is_training=train, auto_augment=aa,
+                               interpolation=config.interpolation, crop_pct=224 / 256,
+                               hflip=0.5, color_jitter=None)
+  loader = torch.utils.data.DataLoader(_TimmDataset(source.records, transform),
+                                       batch_size=config.batch_size, shuffle=train,
+                                       num_workers=workers, drop_last=True,
+                                       persistent_workers=workers > 0)
+  return _forever(loader) if train else loader
+
+
+def _forever(loader):
+  while True:
+    yield from loader
+
+
+BACKENDS = {'tfdata': _tfdata, 'grain': _grain, 'timm': _timm}
+
+
+def measure_train(make, steps: int, batch: int) -> tuple[float, float]:
+  """(images/s, images per CPU-second of this process) over `steps` batches after 3 warm-up
+  batches (graphs, pools, workers). CPU time counts every thread of this process (not worker
+  processes): on a shared, loaded machine it is the fairer per-core figure."""
+  it = make()
+  for _ in range(3):
+    next(it)
+  start, cpu = time.perf_counter(), time.process_time()
+  for _ in range(steps):
+    next(it)
+  return (steps * batch / (time.perf_counter() - start),
+          steps * batch / (time.process_time() - cpu))
+
+
+def measure_eval(make, num_images: int) -> float:
+  """images/s of one pass over the split, the pipeline's start included (what an eval costs)."""
+  start = time.perf_counter()
+  count = sum(len(batch['label'] if isinstance(batch, dict) else batch[1]) for batch in make())
+  assert count >= num_images - num_images % 64, count
+  return count / (time.perf_counter() - start)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument('--num_images', type=int, default=512)
@@ -41,24 +126,29 @@ def main(argv=None):
   p.add_argument('--steps', type=int, default=30)
   p.add_argument('--image_size', type=int, default=224)
   p.add_argument('--augment', default='none', choices=['none', 'autoaugment', 'randaugment'])
+  p.add_argument('--backends', default='tfdata,grain,timm')
+  p.add_argument('--workers', type=int, default=0)
   args = p.parse_args(argv)
 
+  if 'timm' in args.backends:  # torch's native import crashes when TensorFlow came first
+    import timm.data  # noqa: F401
   from configs import default
-  from senet_jax.data import pipeline
+  from senet_jax.data import sources
   config = default.get_config()
   config.update(dict(batch_size=args.batch, image_size=args.image_size, augment=args.augment,
                      num_classes=1000))
-  source = pipeline.InMemorySource(synthetic_jpegs(args.num_images))
-  it = pipeline.TrainIterator(config, source)
-  for _ in range(3):  # warm-up: graph tracing, thread pools
-    next(it)
-  start = time.perf_counter()
-  for _ in range(args.steps):
-    next(it)
-  elapsed = time.perf_counter() - start
-  rate = args.steps * args.batch / elapsed
-  print(f'input pipeline: {rate:.1f} images/s ({args.image_size}px, augment={args.augment}, '
-        f'batch {args.batch}, {os.cpu_count()} CPUs)')
+  source = sources.InMemorySource(synthetic_jpegs(args.num_images))
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  print(f'{args.num_images} JPEGs 500x375 q90, {args.image_size}px, augment={args.augment}, '
+        f'batch {args.batch}, {args.steps} batches, workers {args.workers}, {cores} cores')
+  print(f'{"backend":8s} {"train img/s":>12s} {"/core":>7s} {"img/CPU-s":>10s} '
+        f'{"eval img/s":>11s} {"/core":>7s}')
+  for name in args.backends.split(','):
+    make = lambda train: BACKENDS[name](config, source, train, args.workers)  # noqa: E731
+    (train, per_cpu), evals = (measure_train(lambda: make(True), args.steps, args.batch),
+                               measure_eval(lambda: make(False), args.num_images))
+    print(f'{name:8s} {train:12.1f} {train / cores:7.1f} {per_cpu:10.1f} {evals:11.1f} '
+          f'{evals / cores:7.1f}', flush=True)
 
 
 if __name__ == '__main__':
