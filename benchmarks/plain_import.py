@@ -8,10 +8,12 @@ r"""A library user's own script vs the project's benchmark path: same model, sam
 dropout / stochastic-depth key per step as a training loop has (a constant key would let XLA
 fold the random masks into constants and time less work). It runs from a
 temporary directory outside the checkout, with the repository on PYTHONPATH only (as after
-`pip install`), and started with no allocator or XLA_FLAGS of its own. The project's path is
-`benchmarks/train_step.py --no_torch` (what `make bench` times). The two alternate, each in a
-fresh process, `--rounds` times; the script prints per path the median images/s and compile
-time, and the ratio user script / project path (1.00 = the same speed).
+`pip install`), and started with no allocator or XLA_FLAGS of its own, twice: as `python my_train.py` (the plain
+import: since round 3 it never restarts the process, so glibc malloc) and as
+`python -m senet_jax.run my_train.py` (the documented opt-in: the fast allocator). The
+project's path is `benchmarks/train_step.py --no_torch` (what `make bench` times). The three
+alternate, each in a fresh process, `--rounds` times; the script prints per path the median
+images/s and compile time, and the ratios to the project path (1.00 = the same speed).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 USER_SCRIPT = r'''
 import json, sys, time
-import senet_jax  # before the first JAX computation (sets XLA:CPU flags, fast allocator)
+import senet_jax  # before the first JAX computation (sets the XLA:CPU flags)
 import jax, jax.numpy as jnp, numpy as np, optax
 from senet_jax.models import create_model
 
@@ -66,13 +68,15 @@ print(json.dumps({'img_s': batch / sorted(times[2:])[len(times[2:]) // 2],
 '''
 
 
-def run_user_script(script: str, cwd: str, args) -> dict:
-  """The user's script in a fresh process, started as a user would start it."""
+def run_user_script(script: str, cwd: str, args, opt_in: bool = False) -> dict:
+  """The user's script in a fresh process, started as a user would start it (`opt_in`: under
+  `python -m senet_jax.run`)."""
   env = {k: v for k, v in os.environ.items()
          if k not in ('LD_PRELOAD', 'SENET_NO_JEMALLOC', 'MALLOC_CONF', 'MIMALLOC_PURGE_DELAY',
                       'XLA_FLAGS')}
   env['PYTHONPATH'] = ROOT
-  out = subprocess.run([sys.executable, script, args.model, str(args.res), str(args.batch),
+  launcher = ['-m', 'senet_jax.run'] if opt_in else []
+  out = subprocess.run([sys.executable, *launcher, script, args.model, str(args.res), str(args.batch),
                         str(args.steps)], cwd=cwd, env=env, capture_output=True, text=True,
                        check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -98,13 +102,14 @@ def main(argv=None):
   p.add_argument('--steps', type=int, default=5, help='timed steps per process')
   p.add_argument('--rounds', type=int, default=3, help='processes per path, alternating')
   args = p.parse_args(argv)
-  results = {'user script': [], 'project path': []}
+  results = {'plain import': [], 'senet_jax.run': [], 'project path': []}
   with tempfile.TemporaryDirectory() as cwd:
     script = os.path.join(cwd, 'my_train.py')
     with open(script, 'w') as f:
       f.write(USER_SCRIPT)
     for _ in range(args.rounds):
-      results['user script'].append(run_user_script(script, cwd, args))
+      results['plain import'].append(run_user_script(script, cwd, args))
+      results['senet_jax.run'].append(run_user_script(script, cwd, args, opt_in=True))
       results['project path'].append(run_project_path(args))
       print({k: v[-1] for k, v in results.items()}, flush=True)
   med = {k: {m: statistics.median(r[m] for r in v) for m in ('img_s', 'compile_s')}
@@ -112,9 +117,8 @@ def main(argv=None):
   print(f'\n{args.model} training step {args.res}x{args.batch}, median of {args.rounds} '
         f'processes per path:')
   for k, v in med.items():
-    print(f"  {k:13} {v['img_s']:8.1f} img/s  compile {v['compile_s']:5.1f} s")
-  print(f"  ratio user script / project path: "
-        f"{med['user script']['img_s'] / med['project path']['img_s']:.2f}")
+    print(f"  {k:13} {v['img_s']:8.1f} img/s  compile {v['compile_s']:5.1f} s  "
+          f"ratio to the project path {v['img_s'] / med['project path']['img_s']:.2f}")
 
 
 if __name__ == '__main__':
