@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from senet_jax.training.validate import ConfigError
+from senet_jax.errors import ConfigError
 
 # Changing these does not change the trained weights (or only within float rounding).
 HARMLESS = frozenset({
