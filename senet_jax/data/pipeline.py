@@ -7,9 +7,10 @@ seeded by (seed, q). So restoring the iterator at step k costs nothing (no repla
 buffer in the checkpoint; the state is one integer), every process reads disjoint examples, and
 the result does not depend on decode parallelism. This needs random access to records: TFDS
 `data_source`s over ArrayRecord files (what MaxText uses). Decoding and augmentation run in
-`tf.data` with parallel maps; the shared, TensorFlow-free parts (sources, order, evaluation
-layout) live in sources.py, and grain_pipeline.py is the same design without TensorFlow
-(`config.input_backend`: `make_train_iterator` / `eval_iterator` route to it).
+`tf.data` with parallel maps (tfdata_pipeline.py) or, with config.input_backend='grain', in
+Grain with Pillow/numpy (grain_pipeline.py). This module routes (`make_train_iterator`,
+`eval_iterator`) and re-exports the shared, TensorFlow-free parts (sources.py: sources, order,
+evaluation layout); it imports TensorFlow only when a tf.data iterator is built.
 
 Evaluation: each process takes a contiguous shard of the split; all processes run the same number
 of batches, the missing tail padded and masked (mask 0), so metrics are exact over the split.
@@ -19,9 +20,8 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-import tensorflow as tf
 
-from senet_jax.data import augment, preprocess
+from senet_jax.data.image_ops import Preprocessing
 # Re-exported: callers use pipeline.open_source & co. (they are TensorFlow-free, in sources.py).
 from senet_jax.data.sources import (  # noqa: F401
     InMemorySource, check_batch_size, epoch_permutation, eval_layout, eval_shard,
@@ -29,127 +29,16 @@ from senet_jax.data.sources import (  # noqa: F401
     read_records, train_positions, warn_skipped)
 
 
-def _reader(source, num_classes: int, placeholder: bytes, label_key: str = 'label'):
-  """numpy function: record indices -> (image bytes, label, ok), labels checked."""
-  def read(indices):
-    images, labels, ok = read_records(source, indices, num_classes, label_key)
-    images = [placeholder if data is None else data for data in images]
-    return np.asarray(images, object), labels, ok
-  return read
-
-
-def _placeholder_png() -> bytes:
-  return tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
-
-
-def _read_dataset(index_batches: tf.data.Dataset, source, num_classes, label_key='label'):
-  read = _reader(source, num_classes, _placeholder_png(), label_key)
-
-  def fn(positions, indices):
-    images, labels, ok = tf.numpy_function(read, [indices],
-                                           [tf.string, tf.int32, tf.float32])
-    return {'position': positions, 'image': images, 'label': labels, 'mask': ok}
-  return index_batches.map(fn).unbatch()
-
-
-def _train_index_batches(seed, num_examples, start_step, global_batch, pid, pcount):
-  cache = {}  # the permutations of the epochs the current batch touches (one or two)
-
-  def gen():
-    step = start_step
-    while True:
-      positions = train_positions(step, global_batch, pid, pcount)
-      yield positions, example_indices(seed, positions, num_examples, cache)
-      step += 1
-
-  spec = tf.TensorSpec([global_batch // pcount], tf.int64)
-  return tf.data.Dataset.from_generator(gen, output_signature=(spec, spec))
-
-
-def _tf_dtype(name: str):
-  return {'float32': tf.float32, 'bfloat16': tf.bfloat16}[name]
-
-
-class TrainIterator:
-  """Local training batches for steps start_step, start_step + 1, ...
-
-  Each batch: 'image' (L, H, W, 3) normalised, 'label' (L,) int32 or (L, K) soft labels with
-  mixup/cutmix, 'mask' (L,) 1.0 for real examples, 0.0 for skipped undecodable ones.
-  `next_step` is the whole iterator state: `TrainIterator(..., start_step=next_step)` resumes.
-  """
-
-  def __init__(self, config, source, *, start_step: int = 0, process_index: int = 0,
-               process_count: int = 1, device_count: int = 1):
-    self.local_batch = check_batch_size(config.batch_size, device_count, process_count)
-    self.num_examples = len(source)
-    self.next_step = start_step
-    self.num_skipped = 0  # undecodable examples delivered (masked) so far
-    num_classes = config.num_classes
-    ds = _train_index_batches(config.seed, self.num_examples, start_step, config.batch_size,
-                              process_index, process_count)
-    ds = _read_dataset(ds, source, num_classes)
-    ds = ds.map(self._example_fn(config), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-    ds = ds.batch(self.local_batch, drop_remainder=True)
-    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
-      ds = ds.map(self._mix_fn(config, num_classes), num_parallel_calls=tf.data.AUTOTUNE)
-    self._dataset = ds.prefetch(tf.data.AUTOTUNE)
-    self._iter = iter(self._dataset.as_numpy_iterator())
-
-  @staticmethod
-  def _example_fn(config):
-    area, flip = tuple(config.crop_area_range), config.random_flip
-
-    def fn(example):
-      seed = tf.stack([tf.cast(config.seed, tf.int64), example['position']])
-      s_crop, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-      image = preprocess.decode_image(example['image'])
-      image = preprocess.train_image(image, s_crop, config.image_size, config.interpolation,
-                                     area, flip, config.eval_crop_fraction)
-      if config.augment != 'none':
-        image = tf.cast(tf.round(image), tf.uint8)
-        if config.augment == 'autoaugment':
-          image = augment.autoaugment(image, s_aug)
-        else:
-          image = augment.randaugment(image, s_aug, config.randaugment_num_layers,
-                                      config.randaugment_magnitude)
-        image = tf.cast(image, tf.float32)
-      image = preprocess.normalize(image, config.mean_rgb, config.std_rgb,
-                                   _tf_dtype(config.input_dtype))
-      return {'image': image, 'label': example['label'], 'mask': example['mask'],
-              'position': example['position']}
-    return fn
-
-  @staticmethod
-  def _mix_fn(config, num_classes):
-    def fn(batch):
-      seed = tf.stack([tf.cast(config.seed, tf.int64) + 1, batch['position'][0]])
-      onehot = tf.one_hot(batch['label'], num_classes)
-      images, labels = augment.mix_batch(batch['image'], onehot, seed, config.mixup_alpha,
-                                         config.cutmix_alpha)
-      return {**batch, 'image': images, 'label': labels}
-    return fn
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._iter)
-    self.next_step += 1
-    self.num_skipped += int(np.sum(batch['mask'] == 0))
-    batch.pop('position')
-    return batch
-
-
 def make_train_iterator(config, source, **kwargs):
   """The training iterator of `config.input_backend`: TrainIterator (tf.data) or Grain's."""
   if config.get('input_backend', 'tfdata') == 'grain':
     from senet_jax.data import grain_pipeline
     return grain_pipeline.TrainIterator(config, source, **kwargs)
-  return TrainIterator(config, source, **kwargs)
+  from senet_jax.data import tfdata_pipeline
+  return tfdata_pipeline.TrainIterator(config, source, **kwargs)
 
 
-def eval_iterator(source, prep: preprocess.Preprocessing, batch_size: int, num_classes: int, *,
+def eval_iterator(source, prep: Preprocessing, batch_size: int, num_classes: int, *,
                   process_index: int = 0, process_count: int = 1, device_count: int = 1,
                   label_key: str = 'label') -> Iterator[dict[str, np.ndarray]]:
   """Yields padded, masked local eval batches covering this process's shard exactly once.
@@ -164,18 +53,15 @@ def eval_iterator(source, prep: preprocess.Preprocessing, batch_size: int, num_c
         source, prep, batch_size, num_classes, process_index=process_index,
         process_count=process_count, device_count=device_count, label_key=label_key)
     return
-  local = check_batch_size(batch_size, device_count, process_count, 'eval_batch_size')
-  indices, valid = eval_layout(len(source), local, process_index, process_count)
-  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(indices)), indices)).batch(local)
-  ds = _read_dataset(ds, source, num_classes, label_key)
-  ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(valid)))
-  dtype = _tf_dtype(prep.input_dtype)
+  from senet_jax.data import tfdata_pipeline
+  yield from tfdata_pipeline.eval_iterator(
+      source, prep, batch_size, num_classes, process_index=process_index,
+      process_count=process_count, device_count=device_count, label_key=label_key)
 
-  def fn(example, is_real):
-    image = preprocess.decode_image(example['image'])
-    image = preprocess.eval_image(image, prep.image_size, prep.interpolation, prep.crop_fraction)
-    image = preprocess.normalize(image, prep.mean_rgb, prep.std_rgb, dtype)
-    return {'image': image, 'label': example['label'], 'mask': example['mask'] * is_real}
 
-  ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(local).prefetch(tf.data.AUTOTUNE)
-  yield from ds.as_numpy_iterator()
+def __getattr__(name: str):
+  """pipeline.TrainIterator & co.: the tf.data backend's names, imported on first use."""
+  if name in ('TrainIterator', '_train_index_batches', '_read_dataset'):
+    from senet_jax.data import tfdata_pipeline
+    return getattr(tfdata_pipeline, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from senet_jax.data import pipeline
-from senet_jax.data.preprocess import Preprocessing  # noqa: F401 - exported here too
+from senet_jax.data.image_ops import Preprocessing  # noqa: F401 - exported here too
 from senet_jax.evaluation import metrics
 from senet_jax.training import steps
 from senet_jax.errors import ConfigError

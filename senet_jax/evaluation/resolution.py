@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from senet_jax.data import pipeline, preprocess
+from senet_jax.data import image_ops, pipeline
 from senet_jax.evaluation.evaluators import EvalSpec, Evaluator, Preprocessing, Weights, flatten
 
 
 def effective_crop(image_size: int, crop_fraction: float) -> float:
   """The crop fraction actually used (<= 0 means the official res / (res + 32))."""
   if crop_fraction is None or crop_fraction <= 0:
-    return image_size / (image_size + preprocess.CROP_PADDING)
+    return image_size / (image_size + image_ops.CROP_PADDING)
   return crop_fraction
 
 
