@@ -120,6 +120,7 @@ def measure_eval(make, num_images: int) -> float:
 
 
 def main(argv=None):
+  """Prints the side-by-side table (see the module docstring)."""
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument('--num_images', type=int, default=512)
   p.add_argument('--batch', type=int, default=64)

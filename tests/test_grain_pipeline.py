@@ -152,6 +152,16 @@ def test_order_determinism_and_resume(kw):
     np.testing.assert_allclose(first[0]['label'].sum(-1), 1.0, rtol=1e-6)
 
 
+def test_worker_processes_give_the_same_batches():
+  # Grain's mp_prefetch: batches decoded in 2 worker processes, delivered round-robin.
+  config, source = grain_config(augment='randaugment'), small_source()
+  threads, _ = batches(config, source, count=3)
+  workers, _ = batches(config, source, count=3, num_workers=2)
+  for a, b in zip(threads, workers):
+    for key in ('image', 'label', 'mask'):
+      np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_two_processes_split_the_one_process_batch():
   config, source = grain_config(augment='randaugment'), small_source()
   whole, _ = batches(config, source, count=2)
