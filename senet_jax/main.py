@@ -93,6 +93,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if not FLAGS.verbose:
+    from senet_jax.utils import quiet
+    quiet.closed_event_loop_reports()
   from senet_jax.training import validate  # no TensorFlow yet: bad values fail in seconds
   try:
     validate.validate_fields(FLAGS.config, eval_only=FLAGS.mode == 'eval')

@@ -232,6 +232,27 @@ def test_preemption_after_a_nonfinite_loss_writes_nothing_and_raises(digits_dir,
   assert not [d for d in os.listdir(tmp_path / 'run' / 'checkpoints') if d.isdigit()]
 
 
+def test_ctrl_c_checkpoints_at_the_step_boundary_and_stops_with_130(digits_dir, tmp_path,
+                                                                      monkeypatch):
+  original = ckpt_lib.Checkpointer.check
+
+  def check_then_interrupt(self):  # called once per step: Ctrl-C during step 3
+    original(self)
+    check_then_interrupt.calls += 1
+    if check_then_interrupt.calls == 3:
+      os.kill(os.getpid(), signal.SIGINT)
+  check_then_interrupt.calls = 0
+  monkeypatch.setattr(ckpt_lib.Checkpointer, 'check', check_then_interrupt)
+  previous = signal.getsignal(signal.SIGINT)
+  config = tiny_config(digits_dir, num_train_steps=50, checkpoint_every_steps=40)
+  with pytest.raises(train.preemption.Preempted) as stop:
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert stop.value.exit_code == 130 and stop.value.step == 3
+  assert 'interrupted (Ctrl-C); checkpoint written at step 3' in str(stop.value)
+  assert sorted(d for d in os.listdir(tmp_path / 'run' / 'checkpoints') if d.isdigit()) == ['3']
+  assert signal.getsignal(signal.SIGINT) is previous  # the handlers are given back
+
+
 # ---- Through the command line ---------------------------------------------------------------
 
 def _main(workdir, data_dir, *extra):
@@ -323,11 +344,13 @@ def test_disk_full_exits_4_in_one_line_within_30_s(digits_dir, full_disk):
   assert 'No space left on device' in out.stderr and 'Previous checkpoints' in out.stderr
 
 
-def test_export_to_a_full_disk_exits_4_and_leaves_nothing(full_disk, tmp_path):
+@pytest.mark.parametrize('fmt', ['stablehlo', 'savedmodel'])  # Python's OSError; TF's own
+def test_export_to_a_full_disk_exits_4_and_leaves_nothing(full_disk, tmp_path, fmt):
   from senet_jax.export.__main__ import main as export_main
   from test_export import TINY as TINY_KWARGS, write_checkpoint
+  subprocess.run(['fallocate', '-l', '900K', str(full_disk / 'more')], check=True)  # < 100 KB
   checkpoint = write_checkpoint(tmp_path / 'ckpt', 'se_resnet18', TINY_KWARGS)
   output = full_disk / 'model'
-  assert export_main([f'--checkpoint={checkpoint}', '--format=savedmodel',
+  assert export_main([f'--checkpoint={checkpoint}', f'--format={fmt}',
                       f'--output={output}']) == 4
-  assert sorted(os.listdir(full_disk)) == ['filler']
+  assert sorted(os.listdir(full_disk)) == ['filler', 'more']

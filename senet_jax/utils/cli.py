@@ -79,8 +79,10 @@ def run(body: Callable[[argparse.Namespace], int | None], args: argparse.Namespa
   A tool run as a command (`senet-<tool>`, `python -m senet_jax.<tool>`) is first restarted
   under the fast allocator, as main.py is (only before JAX starts; never under pytest).
   """
-  from senet_jax.utils import allocator
+  from senet_jax.utils import allocator, quiet
   allocator.reexec_for_script()
+  if not getattr(args, 'verbose', False):
+    quiet.closed_event_loop_reports()
   try:
     return body(args) or DONE
   except Exception as err:  # noqa: BLE001 - re-raised below unless it is an expected error

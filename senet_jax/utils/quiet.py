@@ -51,3 +51,18 @@ def tensorflow_banners() -> None:
   import os
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+
+def closed_event_loop_reports() -> None:
+  """Drops the tracebacks tensorstore reports (through sys.unraisablehook) when a write it had
+  started completes after orbax closed its event loop: a failed save, which the caller reports
+  in one line. Every other unraisable exception reaches the previous hook unchanged."""
+  import sys
+  previous = sys.unraisablehook
+
+  def unraisablehook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
+      return
+    previous(unraisable)
+  sys.unraisablehook = unraisablehook
