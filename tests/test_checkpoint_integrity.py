@@ -214,17 +214,21 @@ def test_entries_the_trainer_did_not_write_are_refused_and_kept(tmp_path):
 
 # ---- The trainer: the preemption save follows the same rule ---------------------------------
 
+def _signal_during_step(monkeypatch, signum, step):
+  """Sends `signum` to this process during `step` (Checkpointer.check runs once per step)."""
+  original, calls = ckpt_lib.Checkpointer.check, []
+
+  def check_then_signal(self):
+    original(self)
+    calls.append(1)
+    if len(calls) == step:
+      os.kill(os.getpid(), signum)
+  monkeypatch.setattr(ckpt_lib.Checkpointer, 'check', check_then_signal)
+
+
 def test_preemption_after_a_nonfinite_loss_writes_nothing_and_raises(digits_dir, tmp_path,
                                                                      monkeypatch):
-  original = ckpt_lib.Checkpointer.check
-
-  def check_then_term(self):  # called once per step: SIGTERM at step 5, between checkpoints
-    original(self)
-    check_then_term.calls += 1
-    if check_then_term.calls == 5:
-      os.kill(os.getpid(), signal.SIGTERM)
-  check_then_term.calls = 0
-  monkeypatch.setattr(ckpt_lib.Checkpointer, 'check', check_then_term)
+  _signal_during_step(monkeypatch, signal.SIGTERM, 5)  # between checkpoints
   config = tiny_config(digits_dir, learning_rate=1e30, warmup_epochs=0.0, num_train_steps=50,
                        checkpoint_every_steps=40, log_every_steps=40)
   with pytest.raises(train.NonFiniteLossError):
@@ -234,15 +238,7 @@ def test_preemption_after_a_nonfinite_loss_writes_nothing_and_raises(digits_dir,
 
 def test_ctrl_c_checkpoints_at_the_step_boundary_and_stops_with_130(digits_dir, tmp_path,
                                                                       monkeypatch):
-  original = ckpt_lib.Checkpointer.check
-
-  def check_then_interrupt(self):  # called once per step: Ctrl-C during step 3
-    original(self)
-    check_then_interrupt.calls += 1
-    if check_then_interrupt.calls == 3:
-      os.kill(os.getpid(), signal.SIGINT)
-  check_then_interrupt.calls = 0
-  monkeypatch.setattr(ckpt_lib.Checkpointer, 'check', check_then_interrupt)
+  _signal_during_step(monkeypatch, signal.SIGINT, 3)
   previous = signal.getsignal(signal.SIGINT)
   config = tiny_config(digits_dir, num_train_steps=50, checkpoint_every_steps=40)
   with pytest.raises(train.preemption.Preempted) as stop:
