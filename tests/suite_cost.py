@@ -99,6 +99,15 @@ SLOW = {
     'tests/test_readme.py::test_readme_sample_output_has_the_format_of_a_real_run',
     # Restoring across slice counts on 8 simulated devices, 18 s: the fake-device mesh tests.
     'tests/test_pod_ops.py::test_checkpoint_restores_onto_another_slice_count',
+    # The fresh-clone `make test` then took 8 min 47 s of tests (1034) on a quiet machine. These
+    # main.py subprocesses (call times there) have in-process siblings of the same rule:
+    # test_bad_multi_slice_settings_name_the_field, test_validate_config_names_the_field (eval
+    # interval), test_check_refuses_in_one_line_naming_batch_resolution_and_memory; and a docs page whose
+    # snippets build three backbones (the README's snippets stay).
+    'tests/test_pod_ops.py::test_cli_refuses_a_dcn_split_the_devices_cannot_make_with_exit_2',  # 18 s
+    'tests/test_config_validation.py::test_cli_bad_value_exits_2_in_one_line_before_the_model_is_built[flags0-config.eval_every_epochs]',  # 18 s
+    'tests/test_memory_check.py::test_main_refuses_a_step_that_cannot_fit_before_compiling',  # 16 s
+    'tests/test_readme.py::test_docs_python_snippets_run_as_pasted[features.md]',  # 18 s
     # Issue 35 (NNX front end): a main.py run and a hub conversion; the converter-written
     # round trip and the Linen-parity tests of tests/test_nnx.py stay.
     'tests/test_nnx.py::test_a_trainer_checkpoint_round_trips',

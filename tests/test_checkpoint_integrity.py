@@ -166,7 +166,9 @@ def test_without_the_file_checksums_the_array_digests_still_catch_garbled_data(t
   data = max((f for f in glob.glob(os.path.join(d, '6', 'state', '**', 'd', '*'),
                                    recursive=True)), key=os.path.getsize)
   _garble(data, os.path.getsize(data) // 2, np.random.default_rng(1))
-  with pytest.raises(errors.CheckpointDamagedError, match='fails its checksum'):
+  # The record's layer: the array digests, or the finiteness check when the garbled bits
+  # happen to decode as NaN/inf.
+  with pytest.raises(errors.CheckpointDamagedError, match='fails its checksum|holds NaN/inf'):
     ckpt_lib.Checkpointer(d).restore(6, _abstract(_state()))
   ckpt_lib.Checkpointer(d).restore(3, _abstract(_state()))  # the untouched step verifies
 
@@ -310,6 +312,7 @@ def test_a_foreign_file_in_checkpoints_stops_the_run_and_is_kept(digits_dir, tmp
   assert out.returncode == 4, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1].startswith('error: ')
   assert 'holds 6, which the trainer did not write' in out.stderr
+  assert 'compiling' not in out.stderr  # refused before any compute
   assert (workdir / 'checkpoints' / '6').read_text() == 'not a checkpoint'
 
 

@@ -94,12 +94,7 @@ class Checkpointer:
                        'meta': ocp.JsonCheckpointHandler()})
     self._writing = None  # step of the save that may still be in flight
     self._sealing = None  # thread writing the file checksums of the last committed step
-    foreign = foreign_entries(self.directory)
-    if foreign:  # orbax would delete them (a numbered entry looks like one of its steps)
-      raise CheckpointError(
-          f'{self.directory} holds {", ".join(foreign)}, which the trainer did not write (no '
-          f'orbax checkpoint inside); move it out of {self.directory} -- the trainer never '
-          f'deletes or renames what it did not write')
+    check_no_foreign_entries(self.directory)
 
   def latest_step(self) -> int | None:
     """Newest complete checkpoint step, or None."""
@@ -317,6 +312,17 @@ def foreign_entries(directory: str) -> list[str]:
         or not any(os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS)):
       foreign.append(name)
   return foreign
+
+
+def check_no_foreign_entries(directory: str) -> None:
+  """Raises CheckpointError naming the numbered entries of `directory` that orbax did not
+  write: orbax would take them for steps and overwrite or delete them."""
+  foreign = foreign_entries(directory)
+  if foreign:
+    raise CheckpointError(
+        f'{os.path.abspath(directory)} holds {", ".join(foreign)}, which the trainer did not '
+        f'write (no orbax checkpoint inside); move it out of {os.path.abspath(directory)} -- '
+        f'the trainer never deletes or renames what it did not write')
 
 
 def describe(err: BaseException, limit: int = 200) -> str:

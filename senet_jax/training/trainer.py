@@ -158,6 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   lock (workdir_lock) for its whole life, so a second run on it stops at once.
   """
   validate_config(config, workdir, jax.device_count(), jax.process_count(), eval_only)
+  # Before any compute: files in checkpoints/ that orbax would overwrite or delete.
+  ckpt_lib.check_no_foreign_entries(os.path.join(workdir, 'checkpoints'))
   lock = (None if eval_only else
           workdir_lock.acquire_for_run(workdir, jax.process_index(), jax.process_count()))
   watcher = preemption.PreemptionWatcher()  # a SIGTERM / Ctrl-C from here on is handled
