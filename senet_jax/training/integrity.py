@@ -23,6 +23,7 @@ changes the sum; several changes cancel with probability ~2**-64 (two independen
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -83,11 +84,27 @@ def _leaf_report(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jnp.stack([lane_a, lane_b]), finite
 
 
-@jax.jit
-def _tree_report(leaves: list) -> tuple[jax.Array, jax.Array]:
+def _tree_report_fn(leaves: list) -> tuple[jax.Array, jax.Array]:
   reports = [_leaf_report(x) for x in leaves]
   return (jnp.stack([d for d, _ in reports]) if reports else jnp.zeros((0, 2), jnp.uint32),
           jnp.stack([f for _, f in reports]) if reports else jnp.zeros((0,), bool))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_report(replicated):
+  """The report's jit; with several processes its outputs are replicated on the state's mesh,
+  so that every process can read them (a small array each)."""
+  return jax.jit(_tree_report_fn, out_shardings=replicated)
+
+
+def _tree_report(leaves: list) -> tuple[jax.Array, jax.Array]:
+  replicated = None
+  for leaf in leaves:
+    sharding = getattr(leaf, 'sharding', None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+      break
+  return _jitted_report(replicated)(leaves)
 
 
 def _path_name(path) -> str:
