@@ -175,7 +175,13 @@ def run(argv=None) -> None:
   _define_flags()
   sys.modules['__main__'].__doc__ = __doc__  # absl's --help prints it (senet-train's has none)
   argv = list(sys.argv if argv is None else argv)
-  app.run(main, argv=paths.resolve_config_flag(argv), flags_parser=_parse_flags)
+  try:
+    app.run(main, argv=paths.resolve_config_flag(argv), flags_parser=_parse_flags)
+  except SystemExit as stop:  # absl ends --help with status 1; a help that was asked for is 0
+    if stop.code == 1 and any(a in ('--help', '-h', '-?', '--helpshort', '--helpfull')
+                              for a in argv[1:]):
+      sys.exit(0)
+    raise
 
 
 if __name__ == '__main__':
