@@ -1,7 +1,7 @@
 # make test        - create .venv if missing, install, run the test suite (slow tests left out)
 # make test-slow   - the tests marked slow (tests/suite_cost.py); .ci/run runs both
 # make quickstart  - create .venv if missing, train an SE network on the offline digits dataset
-# make bench       - speed benchmark against timm (see README.md, "Speed")
+# make bench       - speed benchmark against timm (README.md, "Speed"; docs/speed.md)
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +19,7 @@ PYTEST_WORKERS ?= 2
 .PHONY: test test-slow test-all quickstart bench clean
 
 # uv (from PyPI, into the venv) installs the requirements: parallel downloads and no per-file
-# pip overhead make a fresh environment about twice as fast as pip (README, Tests).
+# pip overhead make a fresh environment about twice as fast as pip (docs/tests.md).
 UV := $(VENV)/bin/uv
 UV_INSTALL = $(UV) pip install -q --python $(PY)
 

@@ -20,7 +20,7 @@ Three tables (nothing is executed except the small timing run):
 
 Modes: replicated | fsdp, optionally +block or +stage (remat), e.g. fsdp+stage.
 --scheduler picks XLA:CPU's HLO scheduler (xla_cpu_scheduler_type). Neither its default nor
-'memory' makes the CPU temporaries show what remat saves (README, Pod scale: a 16-layer toy
+'memory' makes the CPU temporaries show what remat saves (docs/pod_scale.md: a 16-layer toy
 whose backward needs >= 64 MiB of saved activations reports 9 MiB of temporaries), which is
 why the `residuals` table counts the saved values from shapes instead.
 
