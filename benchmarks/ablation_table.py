@@ -9,7 +9,8 @@ benchmarks/results/fashion_mnist_<ablation>.csv, one row per run (seed): its fin
 parameters and wall time. The table (mean +- std of top-1 over seeds per point, next to the SE
 paper's ImageNet ordering) is computed from those CSVs alone, with the sweep summaries' own
 arithmetic (senet_jax.sweep.point_row / verdict), printed, and written into docs/evidence.md
-between its table markers.
+between its table markers; one row per ablation (`summary`) goes between README.md's summary
+markers.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ RESULTS_DIR = os.path.join(ROOT, 'benchmarks', 'results')
 DOC = os.path.join(ROOT, 'docs', 'evidence.md')
 PREFIX = 'fashion_mnist_'
 MARKERS = ('<!-- ablation-table:start -->', '<!-- ablation-table:end -->')
+# The README's compact form: one row per ablation (the full table stays in docs/evidence.md).
+README = os.path.join(ROOT, 'README.md')
+SUMMARY_MARKERS = ('<!-- ablation-summary:start -->', '<!-- ablation-summary:end -->')
 COLUMNS = ['ablation', 'point', 'seed', 'finished', 'params', 'step', 'top1', 'top5',
            'ema_top1', 'loss', 'seconds']
 METRICS = ('step', 'top1', 'top5', 'ema_top1', 'loss')
@@ -142,6 +146,29 @@ def table(results: dict[str, list[dict]]) -> str:
   return '\n'.join(lines) + '\n\n' + '\n'.join(notes) + '\n'
 
 
+def _short(point: str) -> str:
+  """'se_gate=sigmoid' -> 'sigmoid', 'se_reduction=4.0' -> '4' (the README's narrow column)."""
+  value = point.split('=', 1)[-1]
+  return value[:-2] if value.endswith('.0') else value
+
+
+def summary(results: dict[str, list[dict]]) -> str:
+  """One Markdown row per ablation: each point's mean ± std top-1 (best first), the paper's
+  finding and the verdict of `agreement` (the README's form of `table`)."""
+  lines = ['| ablation | top-1 %, mean ± std over seeds (best first) | paper (ImageNet) | here |',
+           '|---|---|---|---|']
+  for ablation, rows in results.items():
+    points = sorted((p for p in point_rows(rows) if p['top1'] is not None),
+                    key=lambda p: -p['top1'])
+    cells = ', '.join(
+        f'{_short(p["point"])} {100 * p["top1"]:.2f}'
+        + ('' if p['top1_std'] is None else f' ± {100 * p["top1_std"]:.2f}') for p in points)
+    paper = PAPER.get(ablation, dict(order=''))
+    verdict = agreement(ablation, points) if ablation in PAPER else 'no paper ordering'
+    lines.append(f'| {ablation} | {cells} | {paper["order"]} | {verdict} |')
+  return '\n'.join(lines) + '\n'
+
+
 def load_results(results_dir: str = RESULTS_DIR) -> dict[str, list[dict]]:
   """Every fashion_mnist_<ablation>.csv in `results_dir`, in the sweep config's order."""
   names = os.listdir(results_dir) if os.path.isdir(results_dir) else []
@@ -151,14 +178,14 @@ def load_results(results_dir: str = RESULTS_DIR) -> dict[str, list[dict]]:
   return {a: read_csv(found[a]) for a in order}
 
 
-def update_doc(text: str, doc: str = DOC) -> bool:
-  """Replaces the table between the markers of `doc`; False when it has no markers."""
+def update_doc(text: str, doc: str = DOC, markers: tuple[str, str] = MARKERS) -> bool:
+  """Replaces the text between the `markers` of `doc`; False when it has no markers."""
   with open(doc) as f:
     content = f.read()
-  start, end = content.find(MARKERS[0]), content.find(MARKERS[1])
+  start, end = content.find(markers[0]), content.find(markers[1])
   if start < 0 or end < start:
     return False
-  content = content[:start + len(MARKERS[0])] + '\n' + text + content[end:]
+  content = content[:start + len(markers[0])] + '\n' + text + content[end:]
   with open(doc, 'w') as f:
     f.write(content)
   return True
@@ -185,6 +212,8 @@ def main(argv=None) -> int:
   p.add_argument('--ablations', default=','.join(PAPER), help='comma-separated subset')
   p.add_argument('--results_dir', default=RESULTS_DIR)
   p.add_argument('--doc', default=DOC, help='Markdown file whose table markers get the table')
+  p.add_argument('--readme', default=README,
+                 help="Markdown file whose summary markers get one row per ablation ('' = none)")
   args = p.parse_args(argv)
   ablations = [a for a in args.ablations.split(',') if a]
   unknown = sorted(set(ablations) - set(PAPER))
@@ -205,9 +234,11 @@ def main(argv=None) -> int:
     return 2
   text = table(results)
   print(text)
-  if args.doc and os.path.exists(args.doc) and not update_doc(text, args.doc):
-    print(f'note: {args.doc} has no {MARKERS[0]} ... {MARKERS[1]} markers; not updated',
-          file=sys.stderr)
+  for doc, content, markers in ((args.doc, text, MARKERS),
+                                (args.readme, summary(results), SUMMARY_MARKERS)):
+    if doc and os.path.exists(doc) and not update_doc(content, doc, markers):
+      print(f'note: {doc} has no {markers[0]} ... {markers[1]} markers; not updated',
+            file=sys.stderr)
   return 0
 
 

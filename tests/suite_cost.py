@@ -119,7 +119,6 @@ SLOW = {
     'test_export_to_a_full_disk_exits_4_and_leaves_nothing[stablehlo]',  # 14 s
     'tests/test_checkpoint_integrity.py::'
     'test_preemption_after_a_nonfinite_loss_writes_nothing_and_raises',  # 13 s
-    'tests/test_evidence.py::test_tiny_sweep_end_to_end_then_table_from_its_csv',  # 16-28 s
     'tests/test_grain_pipeline.py::test_trainer_learns_digits_on_grain',  # 10-17 s
     'tests/test_nnx.py::test_logits_and_statistics_equal_linen_in_train_and_eval[efficientnet_b0]',  # 8 s
     'tests/test_nnx.py::test_logits_and_statistics_equal_linen_in_train_and_eval[mobilenetv3_small_100]',  # 7 s

@@ -142,6 +142,22 @@ def test_agreement_with_the_papers_ordering():
   assert verdict({'se_gate=sigmoid': [.90], 'se_gate=tanh': [.80]}).startswith('not separated')
 
 
+def test_readme_summary_row_per_ablation_best_first(tmp_path):
+  results = {'se_reduction': _rows('se_reduction', {
+      'se_reduction=4.0': [.80, .82], 'se_reduction=16.0': [.90, .91]}),
+      'se': _rows('se', {'se=True': [.9], 'se=False': [.8]})}
+  lines = ablation_table.summary(results).splitlines()
+  assert lines[2] == ('| se_reduction | 16 90.50 ± 0.71, 4 81.00 ± 1.41 | '
+                      f'{ablation_table.PAPER["se_reduction"]["order"]} | agrees |')  # 16: a paper best
+  # one seed: no std, and no verdict beyond "not separated"
+  assert lines[3].startswith('| se | True 90.00, False 80.00 | SE > no SE | not separated')
+  readme = tmp_path / 'README.md'
+  readme.write_text('top\n{}\nold\n{}\nbottom\n'.format(*ablation_table.SUMMARY_MARKERS))
+  assert ablation_table.update_doc('new\n', str(readme), ablation_table.SUMMARY_MARKERS)
+  assert readme.read_text() == 'top\n{}\nnew\n{}\nbottom\n'.format(
+      *ablation_table.SUMMARY_MARKERS)
+
+
 def _by_hand(path):
   """{point: (mean, sample std) of top-1 in %} straight from the CSV file."""
   with open(path, newline='') as f:
@@ -167,7 +183,10 @@ def test_tiny_sweep_end_to_end_then_table_from_its_csv(fashion, tmp_path):
   ablation_table.write_csv(path, ablation_table.run_rows('se_gate', points[:2], workdir))
   doc = tmp_path / 'evidence.md'
   doc.write_text(f'intro\n{ablation_table.MARKERS[0]}\nold\n{ablation_table.MARKERS[1]}\nend\n')
-  assert ablation_table.main([f'--results_dir={results}', f'--doc={doc}']) == 0
+  readme = tmp_path / 'README.md'
+  readme.write_text('{}\nold\n{}\n'.format(*ablation_table.SUMMARY_MARKERS))
+  assert ablation_table.main([f'--results_dir={results}', f'--doc={doc}',
+                              f'--readme={readme}']) == 0
   text = doc.read_text()
   assert text.startswith('intro\n') and text.endswith(f'{ablation_table.MARKERS[1]}\nend\n')
   assert 'old' not in text and 'paper: sigmoid > tanh > ReLU' in text
@@ -176,6 +195,10 @@ def test_tiny_sweep_end_to_end_then_table_from_its_csv(fashion, tmp_path):
   for point, (mean, std) in stats.items():
     line = next(li for li in text.splitlines() if f'| {point} |' in li)
     assert f'| {mean:.2f} ± {std:.2f} | 2 |' in line  # 2 seeds
+  row = next(li for li in readme.read_text().splitlines() if li.startswith('| se_gate |'))
+  best, other = sorted(stats, key=lambda p: -stats[p][0])
+  assert row.startswith('| se_gate | ' + ', '.join(
+      f'{p.split("=")[1]} {stats[p][0]:.2f} ± {stats[p][1]:.2f}' for p in (best, other)))
   with open(path, newline='') as f:
     rows = list(csv.DictReader(f))
   assert [(r['point'], r['seed'], r['step'], r['finished']) for r in rows] == [
