@@ -14,7 +14,7 @@ import tensorflow as tf
 # The op table (ops, policy, magnitude ranges) is shared with the Grain backend.
 from senet_jax.data.augment_table import (  # noqa: E402,F401
     FILL, MAX_LEVEL, POLICY_V0, RANDAUGMENT_CONSTS, RANDAUGMENT_OPS, RANDAUGMENT_PROB, SIGNED,
-    argument)
+    argument, cutout_window)
 
 
 def _uniform(seed, minval=0.0, maxval=1.0):
@@ -87,8 +87,7 @@ def _cutout(image, size, seed):
   h, w = tf.shape(image)[0], tf.shape(image)[1]
   cy = tf.random.stateless_uniform([], seed, 0, h, tf.int32)
   cx = tf.random.stateless_uniform([], seed + 1, 0, w, tf.int32)
-  rows, cols = tf.range(h)[:, None], tf.range(w)[None, :]
-  inside = (tf.abs(rows - cy) <= size) & (tf.abs(cols - cx) <= size)
+  inside = cutout_window(tf.range(h)[:, None], tf.range(w)[None, :], (cy, cx), size)
   return tf.where(inside[..., None], tf.constant(FILL, tf.uint8), image)
 
 

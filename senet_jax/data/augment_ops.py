@@ -104,8 +104,7 @@ def sharpness(image: np.ndarray, factor) -> np.ndarray:
 def cutout(image: np.ndarray, size: int, center) -> np.ndarray:
   """Pixels within `size` (Chebyshev distance) of `center` (row, col) set to FILL."""
   h, w = image.shape[:2]
-  rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
-  inside = (np.abs(rows - center[0]) <= size) & (np.abs(cols - center[1]) <= size)
+  inside = table.cutout_window(np.arange(h)[:, None], np.arange(w)[None, :], center, size)
   out = image.copy()
   out[inside] = table.FILL
   return out

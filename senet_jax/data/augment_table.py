@@ -65,3 +65,12 @@ def argument(name: str, frac, consts: dict | None = None):
   if name not in _ARGUMENTS:
     raise ValueError(f'unknown augmentation op {name!r}; known: {RANDAUGMENT_OPS}')
   return _ARGUMENTS[name](frac, consts or AUTOAUGMENT_CONSTS)
+
+
+def cutout_window(rows, cols, center, size):
+  """Cutout's mask: pixels within `size` (Chebyshev distance) of `center` (row, col).
+
+  `rows` (H, 1) and `cols` (1, W) are the pixel coordinates in the caller's framework (tf.range /
+  np.arange); `abs`, `-`, `<=` and `&` broadcast the same for TF tensors and numpy arrays.
+  """
+  return (abs(rows - center[0]) <= size) & (abs(cols - center[1]) <= size)

@@ -99,7 +99,7 @@ def _iterate(dataset: grain.MapDataset, num_threads: int | None, num_workers: in
   return iter(ds)
 
 
-class TrainIterator:
+class TrainIterator(sources.StepStream):
   """Local training batches for steps start_step, start_step + 1, ... (as pipeline.TrainIterator).
 
   Each batch: 'image' (L, H, W, 3) normalised, 'label' (L,) int32 or (L, K) soft labels with
@@ -112,22 +112,10 @@ class TrainIterator:
                process_count: int = 1, device_count: int = 1, num_threads: int | None = None,
                num_workers: int = 0):
     _check(config)
-    self.local_batch = sources.check_batch_size(config.batch_size, device_count, process_count)
-    self.num_examples = len(source)
-    self.next_step = start_step
-    self.num_skipped = 0  # undecodable examples delivered (masked) so far
+    self._start(config.batch_size, len(source), start_step, device_count, process_count)
     fn = _TrainBatch(config, source, process_index, process_count)
     self._iter = _iterate(grain.MapDataset.range(start_step, _LAST_STEP).map(fn),
                           num_threads, num_workers)
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._iter)
-    self.next_step += 1
-    self.num_skipped += int(np.sum(batch['mask'] == 0))
-    return batch
 
 
 class _EvalBatch:

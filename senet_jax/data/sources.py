@@ -4,7 +4,7 @@ Random-access sources (TFDS `data_source`s over ArrayRecord: `open_source`), the
 order as a pure function of (seed, step) (`epoch_permutation`, `train_positions`,
 `example_indices`), record reading with label checks and undecodable-image detection
 (`read_records`), and the exact padded evaluation layout (`eval_shard`, `num_eval_steps`,
-`eval_layout`). pipeline.py (tf.data) and grain_pipeline.py (Grain) both build on them, so the
+`eval_layout`) and the iterator state (`StepStream`). pipeline.py (tf.data) and grain_pipeline.py (Grain) both build on them, so the
 two backends read the same examples in the same order. tensorflow_datasets' data sources do
 not import TensorFlow.
 """
@@ -190,6 +190,30 @@ def eval_layout(num_examples: int, local_batch: int, process_index: int, process
   valid = np.zeros(steps * local_batch, np.float32)
   valid[:end - start] = 1.0
   return indices, valid
+
+
+class StepStream:
+  """What both backends' TrainIterator share: the step state and the skipped-example count.
+
+  A subclass sets `_iter` (its backend's batches, 'mask' included) after `_start`; `next_step`
+  is the whole iterator state (`TrainIterator(..., start_step=next_step)` resumes).
+  """
+
+  def _start(self, global_batch: int, num_examples: int, start_step: int, device_count: int,
+             process_count: int) -> None:
+    self.local_batch = check_batch_size(global_batch, device_count, process_count)
+    self.num_examples = num_examples
+    self.next_step = start_step
+    self.num_skipped = 0  # undecodable examples delivered (masked) so far
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._iter)
+    self.next_step += 1
+    self.num_skipped += int(np.sum(batch['mask'] == 0))
+    return batch
 
 
 class InMemorySource:

@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from senet_jax.data import augment, preprocess
-from senet_jax.data.sources import (check_batch_size, eval_layout, example_indices,
-                                    read_records, train_positions)
+from senet_jax.data.sources import (StepStream, check_batch_size, eval_layout,
+                                    example_indices, read_records, train_positions)
 
 
 def _reader(source, num_classes: int, placeholder: bytes, label_key: str = 'label'):
@@ -52,11 +52,17 @@ def _train_index_batches(seed, num_examples, start_step, global_batch, pid, pcou
   return tf.data.Dataset.from_generator(gen, output_signature=(spec, spec))
 
 
+def _drop_position(batch: dict) -> dict:
+  """The stream position keyed each example's seeds; training batches do not carry it."""
+  batch.pop('position')
+  return batch
+
+
 def _tf_dtype(name: str):
   return {'float32': tf.float32, 'bfloat16': tf.bfloat16}[name]
 
 
-class TrainIterator:
+class TrainIterator(StepStream):
   """Local training batches for steps start_step, start_step + 1, ...
 
   Each batch: 'image' (L, H, W, 3) normalised, 'label' (L,) int32 or (L, K) soft labels with
@@ -66,10 +72,7 @@ class TrainIterator:
 
   def __init__(self, config, source, *, start_step: int = 0, process_index: int = 0,
                process_count: int = 1, device_count: int = 1):
-    self.local_batch = check_batch_size(config.batch_size, device_count, process_count)
-    self.num_examples = len(source)
-    self.next_step = start_step
-    self.num_skipped = 0  # undecodable examples delivered (masked) so far
+    self._start(config.batch_size, len(source), start_step, device_count, process_count)
     num_classes = config.num_classes
     ds = _train_index_batches(config.seed, self.num_examples, start_step, config.batch_size,
                               process_index, process_count)
@@ -80,7 +83,7 @@ class TrainIterator:
     if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
       ds = ds.map(self._mix_fn(config, num_classes), num_parallel_calls=tf.data.AUTOTUNE)
     self._dataset = ds.prefetch(tf.data.AUTOTUNE)
-    self._iter = iter(self._dataset.as_numpy_iterator())
+    self._iter = map(_drop_position, self._dataset.as_numpy_iterator())
 
   @staticmethod
   def _example_fn(config):
@@ -115,16 +118,6 @@ class TrainIterator:
                                          config.cutmix_alpha)
       return {**batch, 'image': images, 'label': labels}
     return fn
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._iter)
-    self.next_step += 1
-    self.num_skipped += int(np.sum(batch['mask'] == 0))
-    batch.pop('position')
-    return batch
 
 
 def eval_iterator(source, prep, batch_size: int, num_classes: int, *,
