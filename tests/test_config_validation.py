@@ -124,9 +124,9 @@ def _names_read(path: str) -> set[str]:
 
 def test_every_default_field_is_read_by_the_code():
   # A documented field that nothing reads misleads (shuffle_buffer, cache_train were removed).
-  # config_fields.py, the rules table, checks every field without using it.
+  # config/schema.py, the rules table, checks every field without using it.
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  rules = os.path.join(root, 'senet_jax', 'training', 'config_fields.py')
+  rules = os.path.join(root, 'senet_jax', 'config', 'schema.py')
   paths = [os.path.join(root, 'train.py')] + [
       os.path.join(d, n) for d, _, files in os.walk(os.path.join(root, 'senet_jax'))
       for n in files if n.endswith('.py') and os.path.join(d, n) != rules]

@@ -14,12 +14,12 @@ the teacher has no optimizer state and no EMA.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from senet_jax.config import schema
 from senet_jax.errors import ConfigError
 
 _RESIZE = {'bicubic': 'cubic', 'bilinear': 'linear'}
@@ -61,20 +61,16 @@ class Teacher:
 
 
 def check_config(distill) -> None:
-  """Raises ConfigError naming the first invalid `config.distill` field."""
+  """Raises ConfigError naming the first invalid `config.distill` field: the section's own
+  rules (config/schema.py), then whether the teacher's model is registered."""
   from senet_jax.models import list_models
   from senet_jax.utils.names import suggest
-  if not distill.model:
-    raise ConfigError('config.distill.model is empty: name the teacher architecture '
-                      '(a senet_jax model, e.g. se_resnext101_32x4d)')
+  problem = schema.problem_of('distill', distill)
+  if problem:
+    raise ConfigError(problem)
   if distill.model not in list_models():
     raise ConfigError(f'config.distill.model={distill.model!r} is not a registered model'
                       f'{suggest(distill.model, list_models())}')
-  if not (math.isfinite(distill.temperature) and distill.temperature > 0):
-    raise ConfigError(f'config.distill.temperature={distill.temperature}: expected a finite '
-                      f'number > 0')
-  if not 0.0 <= distill.alpha <= 1.0:
-    raise ConfigError(f'config.distill.alpha={distill.alpha}: expected a number in [0, 1]')
 
 
 def load_teacher(config, sharding, create_model: Callable, load_params: Callable

@@ -16,11 +16,11 @@ How the trainer uses it (why this shape):
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Iterator
 
 import numpy as np
 
+from senet_jax.config import schema
 from senet_jax.errors import ConfigError
 
 # The knobs a stage sets, in the config's `progressive` section: (first, last) pairs.
@@ -71,22 +71,15 @@ def build_schedule(total_steps: int, num_stages: int, image_size: tuple[int, int
 
 
 def check_config(progressive, augment: str, min_size: int) -> None:
-  """Raises ConfigError naming the first invalid `config.progressive` field."""
-  for knob in KNOBS:
-    value = tuple(progressive[knob])
-    if len(value) != 2:
-      raise ConfigError(f'config.progressive.{knob}={value!r}: expected (first stage, last stage)')
+  """Raises ConfigError naming the first invalid `config.progressive` field: the section's own
+  rules (config/schema.py), then the ones that involve the model and config.augment."""
+  problem = schema.problem_of('progressive', progressive)
+  if problem:
+    raise ConfigError(problem)
   sizes = tuple(progressive.image_size)
   if min(sizes) < min_size:
     raise ConfigError(f'config.progressive.image_size={sizes}: the model needs at least '
                      f'{min_size} px')
-  if not all(0.0 <= r < 1.0 for r in progressive.dropout_rate):
-    raise ConfigError(f'config.progressive.dropout_rate={tuple(progressive.dropout_rate)}: '
-                     'each must be in [0, 1)')
-  for knob in ('mixup_alpha', 'randaugment_magnitude'):
-    if not all(math.isfinite(v) and v >= 0 for v in progressive[knob]):
-      raise ConfigError(f'config.progressive.{knob}={tuple(progressive[knob])}: each must be a '
-                        f'finite number >= 0')
   if augment != 'randaugment' and max(progressive.randaugment_magnitude) > 0:
     raise ConfigError(f"config.progressive.randaugment_magnitude is set but config.augment="
                      f"{augment!r}; use augment='randaugment' (or magnitudes (0, 0))")
