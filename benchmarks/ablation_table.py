@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,12 +193,63 @@ def update_doc(text: str, doc: str = DOC, markers: tuple[str, str] = MARKERS) ->
   return True
 
 
+# What a finished run leaves that the table reads (the checkpoints are not needed to reuse it).
+RESULT_FILES = ('eval_results.json', sweep.DONE_FILE)
+
+
+def _run_key(config, point: dict, seed: int) -> str:
+  """The run's whole config as canonical JSON: two points with equal keys train the same run."""
+  run_config = sweep.apply_point(config, point)
+  run_config.seed = seed
+  return json.dumps(run_config.to_dict(), sort_keys=True, default=str)
+
+
+def reuse_identical_runs(ablations, workdir: str, seeds) -> list[str]:
+  """Copies the results of a finished run into every other point x seed with the same config.
+
+  Every ablation contains the base network once (se=True, se_gate=sigmoid, r = 4, ...): the
+  same config and seed train bitwise the same run, so it is trained once and its results are
+  shared (the copy's done file names its source). Returns the directories filled in.
+  """
+  finished, wanted = {}, []
+  for ablation in ablations:
+    config, points, _, _ = sweep.load_sweep(f'{SWEEP_CONFIG}:{ablation}')
+    for point in points:
+      for seed in seeds:
+        key = _run_key(config, point, seed)
+        directory = sweep.run_dir(os.path.join(workdir, ablation), sweep.point_name(point), seed)
+        if os.path.exists(os.path.join(directory, sweep.DONE_FILE)):
+          finished.setdefault(key, directory)
+        else:
+          wanted.append((key, directory))
+  filled = []
+  for key, directory in wanted:
+    source = finished.get(key)
+    if source is None:
+      continue
+    os.makedirs(directory, exist_ok=True)
+    for name in RESULT_FILES:
+      if os.path.exists(os.path.join(source, name)):
+        shutil.copyfile(os.path.join(source, name), os.path.join(directory, name))
+    with open(os.path.join(directory, sweep.DONE_FILE)) as f:
+      done = json.load(f)
+    done['same_run_as'] = os.path.relpath(source, workdir)
+    with open(os.path.join(directory, sweep.DONE_FILE), 'w') as f:
+      json.dump(done, f, indent=1)
+    filled.append(directory)
+  return filled
+
+
 def run_ablations(ablations, workdir: str, seeds, results_dir: str = RESULTS_DIR,
                   trainer: str = sweep.DEFAULT_TRAINER) -> None:
-  """Trains every point x seed of each ablation in WORKDIR/<ablation>, then writes its CSV."""
+  """Trains every point x seed of each ablation in WORKDIR/<ablation>, then writes its CSV
+  (a run whose config another ablation already trained is copied, not trained again)."""
   for ablation in ablations:
     config, points, _, _ = sweep.load_sweep(f'{SWEEP_CONFIG}:{ablation}')
     directory = os.path.join(workdir, ablation)
+    for copied in reuse_identical_runs(ablations, workdir, seeds):
+      print(f'{os.path.relpath(copied, workdir)}: the same run as one already trained; '
+            'results copied', flush=True)
     sweep.run(config, points, directory, seeds, sweep.load_trainer(trainer))
     sweep.summarize(points, directory)
     write_csv(os.path.join(results_dir, f'{PREFIX}{ablation}.csv'),

@@ -2,6 +2,7 @@
 writes, so the Debian package is not needed), the ablation sweeps and the results table, which
 is regenerated from CSV files alone."""
 import csv
+import json
 import gzip
 import importlib.util
 import os
@@ -204,3 +205,23 @@ def test_tiny_sweep_end_to_end_then_table_from_its_csv(fashion, tmp_path):
   assert [(r['point'], r['seed'], r['step'], r['finished']) for r in rows] == [
       ('se_gate=sigmoid', '0', '2', 'True'), ('se_gate=sigmoid', '1', '2', 'True'),
       ('se_gate=tanh', '0', '2', 'True'), ('se_gate=tanh', '1', '2', 'True')]
+
+
+def test_a_run_shared_by_two_ablations_is_trained_once(tmp_path):
+  # se=True and se_gate=sigmoid are both the base network (configs/fashion_mnist.py: SE on,
+  # sigmoid gate): the same config and seed, so the finished one is copied into the other.
+  source = tmp_path / 'se' / 'se=True' / 'seed=0'
+  source.mkdir(parents=True)
+  (source / 'eval_results.json').write_text('{"latest": {"top1": 0.5}}')
+  (source / sweep_done_file()).write_text('{"seed": 0, "seconds": 9.0}')
+  filled = ablation_table.reuse_identical_runs(['se', 'se_gate'], str(tmp_path), [0, 1])
+  copy = tmp_path / 'se_gate' / 'se_gate=sigmoid' / 'seed=0'
+  assert filled == [str(copy)]  # not tanh / relu, not seed 1, not se=False
+  assert (copy / 'eval_results.json').read_text() == '{"latest": {"top1": 0.5}}'
+  done = json.loads((copy / sweep_done_file()).read_text())
+  assert done == {'seed': 0, 'seconds': 9.0, 'same_run_as': 'se/se=True/seed=0'}
+
+
+def sweep_done_file():
+  from senet_jax import sweep
+  return sweep.DONE_FILE
