@@ -21,6 +21,7 @@ negative (evidence against the class), which Grad-CAM clips to zero. A last feat
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -163,10 +164,10 @@ def save_figure(image: np.ndarray, heatmap: np.ndarray, title: str, path: str) -
   return path
 
 
-def load_images(paths: list[str], image_size: int, interpolation: str, crop_fraction: float,
-                mean_rgb, std_rgb) -> tuple[np.ndarray | None, list[np.ndarray], list[str],
-                                            list[str]]:
-  """(normalised batch at `image_size`, uint8 centre crops, paths kept, errors).
+def load_images(paths: list[str], prep) -> tuple[np.ndarray | None, list[np.ndarray],
+                                                 list[str], list[str]]:
+  """(normalised batch by `prep` (a record.Preprocessing), uint8 centre crops, paths kept,
+  errors).
 
   The crops are the regions the model sees (the eval centre crop), before resizing, so maps
   are drawn at the input's resolution rather than the model's. A file that is missing, not an
@@ -185,10 +186,10 @@ def load_images(paths: list[str], image_size: int, interpolation: str, crop_frac
       continue
     shape = tf.shape(image)
     top, left, size = (int(v) for v in preprocess.center_crop_window(
-        shape[0], shape[1], image_size, crop_fraction))
+        shape[0], shape[1], prep.image_size, prep.eval_crop_fraction))
     crops.append(np.asarray(image)[top:top + size, left:left + size])
-    x = preprocess.eval_image(image, image_size, interpolation, crop_fraction)
-    batch.append(np.asarray(preprocess.normalize(x, mean_rgb, std_rgb)))
+    x = preprocess.eval_image(image, prep.image_size, prep.interpolation, prep.eval_crop_fraction)
+    batch.append(np.asarray(preprocess.normalize(x, prep.mean_rgb, prep.std_rgb)))
     kept.append(path)
   return (np.stack(batch) if batch else None), crops, kept, errors
 
@@ -211,9 +212,8 @@ def run(checkpoint: str, paths: list[str], output: str, method: str = 'gradcam',
   note = check_feature_map(feature_map_size(loaded.model, loaded.variables, size), size)
   if note:
     print(f'note: {note}', file=sys.stderr)
-  images, crops, paths, bad = load_images(paths, size, loaded.interpolation,
-                                          loaded.eval_crop_fraction, loaded.mean_rgb,
-                                          loaded.std_rgb)
+  images, crops, paths, bad = load_images(
+      paths, dataclasses.replace(loaded.preprocessing, image_size=size))
   if errors is None and bad:
     raise loading.ImageError(bad[0])
   if errors is not None:
@@ -225,7 +225,7 @@ def run(checkpoint: str, paths: list[str], output: str, method: str = 'gradcam',
   classes = np.argmax(probs, -1) if class_index is None else np.full(len(paths), class_index)
   fn = {'cam': cam, 'gradcam': grad_cam}[method]
   maps = np.asarray(fn(loaded.model, loaded.variables, images, classes))
-  names = loading.class_names(loaded.num_classes)
+  names = loaded.class_names
   os.makedirs(output, exist_ok=True)
   written = []
   for path, crop, heat, c, p in zip(paths, crops, maps, classes, probs):

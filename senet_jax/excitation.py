@@ -102,7 +102,7 @@ def plot(stats: dict[str, dict], path: str, class_names: dict[int, str] | None =
 def batches_for(dataset: str, split: str, data_dir: str | None, prep, num_classes: int,
                 classes: list[int] | None, per_class: int, batch_size: int = 64
                 ) -> Iterator[dict]:
-  """Eval batches of `dataset`/`split`, preprocessed by `prep` (a data.preprocess.Preprocessing),
+  """Eval batches of `dataset`/`split`, preprocessed by `prep` (a record.Preprocessing),
   until every class of `classes` has `per_class` images (the whole split when None)."""
   from senet_jax.data import pipeline
   source = pipeline.open_source(dataset, split, data_dir)
@@ -133,19 +133,16 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
   from senet_jax import loading
-  from senet_jax.data.preprocess import Preprocessing
   loaded = loading.load(args.checkpoint)
   stored = loaded.config or {}  # a converter output records no dataset
   blocks = [b for b in args.blocks.split(',') if b] or None
   classes = [int(c) for c in args.classes.split(',') if c] or None
-  prep = Preprocessing(loaded.image_size, loaded.eval_crop_fraction, loaded.interpolation,
-                       tuple(loaded.mean_rgb), tuple(loaded.std_rgb))
   batches = batches_for(args.dataset or stored.get('dataset') or 'imagenet2012',
                         args.split or stored.get('eval_split') or 'validation',
-                        args.data_dir or stored.get('data_dir'), prep, loaded.num_classes,
-                        classes, args.images_per_class)
+                        args.data_dir or stored.get('data_dir'), loaded.preprocessing,
+                        loaded.num_classes, classes, args.images_per_class)
   stats = collect(loaded.model, loaded.variables, batches, blocks, classes)
-  names = dict(enumerate(loading.class_names(loaded.num_classes)))
+  names = dict(enumerate(loaded.class_names))
   plot(stats, args.output + '.png', names)
   save(stats, args.output)
   for block, s in summary(stats).items():

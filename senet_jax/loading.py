@@ -7,77 +7,78 @@ checkpoint records model, model_kwargs, num_classes and preprocessing).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 import numpy as np
 import orbax.checkpoint as ocp
 
+from senet_jax.checkpoint.record import Preprocessing, Record
 from senet_jax.models import builder
-from senet_jax.training.checkpoint import CheckpointError, load_params
+from senet_jax.training import checkpoint
+from senet_jax.training.checkpoint import CheckpointError
 from senet_jax.utils import quiet
 
 CLASS_NAMES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
                                 'imagenet_classes.txt')
 
 
-@dataclasses.dataclass
-class Loaded:
-  """A restored model: module, variables and how to preprocess its inputs."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Loaded(Preprocessing):
+  """A restored model: module, variables, and (as a `Preprocessing`) how to preprocess its
+  inputs. `record` is the run record it was built from (None when assembled by hand)."""
   model: Any
   variables: dict
   num_classes: int
-  image_size: int
-  eval_crop_fraction: float
-  interpolation: str
-  mean_rgb: tuple
-  std_rgb: tuple
   config: dict
+  record: Record | None = None
+
+  @property
+  def preprocessing(self) -> Preprocessing:
+    """The eval transform alone (without the model and its weights)."""
+    return Preprocessing(*(getattr(self, f.name) for f in dataclasses.fields(Preprocessing)))
+
+  @property
+  def name(self) -> str:
+    """The registered model name."""
+    return self.record.model if self.record else self.config.get('model', '')
+
+  @property
+  def class_names(self) -> list[str]:
+    """One name per class: the record's, else `class_names(num_classes)`."""
+    if self.record and self.record.class_names:
+      return list(self.record.class_names)
+    return class_names(self.num_classes)  # the module's function: ImageNet's, or 'class <i>'
 
 
-def _tuples(value):
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return value
+def read_record(directory: str) -> Record:
+  """The run record saved with the newest checkpoint under `directory` (any former shape)."""
+  with quiet.orbax_read_only():
+    found = checkpoint.open_newest(directory)
+    if found is None:
+      raise CheckpointError(f'no checkpoint found under {directory!r}')
+    _, manager, step = found
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  return Record.from_json(dict(meta or {}))
 
 
 def read_meta(directory: str) -> dict:
-  """The JSON record saved with the newest checkpoint under `directory`."""
-  for candidate in (os.path.join(directory, 'checkpoints'), directory):
-    if os.path.isdir(candidate):
-      manager = ocp.CheckpointManager(
-          os.path.abspath(candidate), options=ocp.CheckpointManagerOptions(read_only=True),
-          item_handlers={'meta': ocp.JsonCheckpointHandler()})
-      step = manager.latest_step()
-      if step is not None:
-        return dict(manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))['meta'])
-  raise CheckpointError(f'no checkpoint found under {directory!r}')
+  """The run record of the newest checkpoint under `directory`, as a dict in the current shape."""
+  return read_record(directory).to_json()
 
 
 def load(directory: str) -> Loaded:
   """Model + float32 variables + preprocessing of the newest checkpoint under `directory`."""
+  run = read_record(directory)
+  config = run.config_dict()  # {} for converted weights
+  model = builder.build_model(run.model, num_classes=run.num_classes,
+                              conv_impl=config.get('conv_impl', 'auto'),
+                              model_kwargs=run.model_kwargs)
   with quiet.orbax_read_only():
-    meta = read_meta(directory)
-  if 'config' in meta:  # a training checkpoint
-    config = _tuples(json.loads(meta['config']))
-    model_name, kwargs, num_classes = config['model'], config['model_kwargs'], config['num_classes']
-    conv_impl = config.get('conv_impl', 'auto')
-  else:  # a converter output
-    config = {}
-    model_name, kwargs, num_classes = meta['model'], _tuples(meta['model_kwargs']), meta[
-        'num_classes']
-    conv_impl = 'auto'
-  prep = meta['preprocessing']
-  model = builder.build_model(model_name, num_classes=num_classes, conv_impl=conv_impl,
-                              model_kwargs=kwargs)
-  with quiet.orbax_read_only():
-    weights = load_params(directory)
-  return Loaded(model, weights, num_classes, prep['image_size'], prep['eval_crop_fraction'],
-                prep['interpolation'], tuple(prep['mean_rgb']), tuple(prep['std_rgb']), config)
+    weights = checkpoint.load_params(directory)
+  return Loaded(**{f: getattr(run.preprocessing, f) for f in Preprocessing.STORED},
+                model=model, variables=weights, num_classes=run.num_classes, config=config,
+                record=run)
 
 
 def class_names(num_classes: int) -> list[str]:

@@ -34,7 +34,7 @@ def predict_each(checkpoint: str, paths: list[str], top: int = 5, max_pixels: in
     return {}, errors
   logits = jax.jit(lambda v, x: loaded.model.apply(v, x, train=False))(loaded.variables, images)
   probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-  names = loading.class_names(loaded.num_classes)
+  names = loaded.class_names
   return {path: [(names[i], float(p[i])) for i in np.argsort(-p)[:top]]
           for path, p in zip(kept, probs)}, errors
 

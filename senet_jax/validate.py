@@ -57,11 +57,8 @@ def load_weights(checkpoint: str = '', model_name: str = '', num_classes: int = 
   if checkpoint:
     from senet_jax import loading
     loaded = loading.load(checkpoint)
-    name = loaded.config.get('model') or loading.read_meta(checkpoint).get('model', '')
-    prep = Preprocessing(loaded.image_size, loaded.eval_crop_fraction, loaded.interpolation,
-                         loaded.mean_rgb, loaded.std_rgb)
-    return Weights(checkpoint, name, loaded.model, loaded.variables, loaded.num_classes, prep,
-                   loaded.config)
+    return Weights(checkpoint, loaded.name, loaded.model, loaded.variables, loaded.num_classes,
+                   loaded.preprocessing, loaded.config)
   from senet_jax.models import create_model, model_info
   size = image_size or model_info(model_name).resolution
   model = create_model(model_name, num_classes=num_classes, dtype=jnp.float32)

@@ -13,11 +13,10 @@ with torch.load(weights_only=True), which refuses to run code hidden in the file
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sys
 
+from senet_jax.checkpoint import record
 from senet_jax.convert import core
 from senet_jax.models import min_resolution
 from senet_jax.utils import cli
@@ -87,13 +86,11 @@ def convert(source: str, model: str, input_path: str, output: str, num_classes: 
     module = module.clone(num_classes=num_classes)
     variables = core.reinit_head(variables, module, head,
                                  max(64, min_resolution(module)))
-  meta = {'source': source, 'source_model': model, 'input': os.path.abspath(input_path),
-          'model': _model_name(source, model), 'model_kwargs': overrides,
-          'num_classes': module.num_classes, 'preprocessing': dataclasses.asdict(prep)}
-  core.save_converted(output, variables, meta)
-  with open(os.path.join(output, 'preprocessing.json'), 'w') as f:
-    json.dump(meta, f, indent=1)
-  return meta
+  run = record.Record(_model_name(source, model), module.num_classes, prep, overrides, extra={
+      'source': source, 'source_model': model, 'input': os.path.abspath(input_path)})
+  core.save_converted(output, variables, run)
+  record.write_file(os.path.join(output, 'preprocessing.json'), run)
+  return run.to_json()
 
 
 def _model_name(source: str, model: str) -> str:

@@ -1,7 +1,6 @@
 """Shared conversion machinery: tensor layouts, the all-at-once report, checkpoint writing."""
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -10,19 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from senet_jax.checkpoint import record
+# How the source weights expect images: the run record's type.
+from senet_jax.checkpoint.record import Preprocessing  # noqa: F401 (re-exported)
+
 
 class ConversionError(ValueError):
   """Missing, unexpected or mis-shaped tensors, all listed by name."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """How the source weights expect images: what an eval of converted weights must use."""
-  image_size: int
-  eval_crop_fraction: float
-  interpolation: str
-  mean_rgb: tuple[float, float, float]
-  std_rgb: tuple[float, float, float]
 
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -90,14 +83,17 @@ def reinit_head(variables: dict, model, head: str, image_size: int = 64) -> dict
   return {**variables, 'params': params}
 
 
-def save_converted(output_dir: str, variables: dict, meta: dict) -> str:
-  """Writes a checkpoint that `config.init_from` and `main.py --mode=eval` can load."""
+def save_converted(output_dir: str, variables: dict, meta: dict | record.Record) -> str:
+  """Writes a checkpoint that `config.init_from` and `main.py --mode=eval` can load.
+
+  `meta` is the run record (a dict in any of its shapes is stored in the current one).
+  """
   from senet_jax.training.checkpoint import Checkpointer
   state = {'step': np.zeros([], np.int32), 'params': variables['params'],
            'batch_stats': variables.get('batch_stats', {})}
   ckpt = Checkpointer(os.path.join(output_dir, 'checkpoints'), keep=1, keep_best=False,
                       async_save=False)
-  ckpt.save(0, state, meta, force=True)
+  ckpt.save(0, state, record.normalized(meta), force=True)
   ckpt.close()
   return os.path.join(output_dir, 'checkpoints', '0')
 

@@ -20,6 +20,7 @@ import tempfile
 
 import numpy as np
 
+from senet_jax.checkpoint import record
 from senet_jax.convert import core
 
 PREFIX = 'hf:'
@@ -133,15 +134,14 @@ def _convert_into(out: str, repo: str, commit: str, config: dict, weights_path: 
     raise HubError(f'hub repository {repo!r} holds timm architecture {arch!r}, which senet_jax '
                    f'cannot convert; supported: {", ".join(sorted(timm.MODELS))}')
   module, variables = timm.from_timm(load_safetensors(weights_path), arch)
-  meta = {'source': 'hub', 'repo': repo, 'revision': commit, 'source_model': arch,
-          'model': timm.MODELS[arch][0], 'model_kwargs': timm.MODELS[arch][1],
-          'num_classes': module.num_classes, 'preprocessing': preprocessing(config).__dict__}
+  meta = record.Record(timm.MODELS[arch][0], module.num_classes, preprocessing(config),
+                       timm.MODELS[arch][1], extra={'source': 'hub', 'repo': repo,
+                                                    'revision': commit, 'source_model': arch})
   os.makedirs(os.path.dirname(out), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.converting-', dir=os.path.dirname(out))
   try:
     core.save_converted(tmp, variables, meta)
-    with open(os.path.join(tmp, META_FILE), 'w') as f:
-      json.dump(meta, f, indent=1)
+    record.write_file(os.path.join(tmp, META_FILE), meta)
     try:
       os.rename(tmp, out)
     except OSError:  # another process converted the same snapshot first: keep theirs
@@ -166,9 +166,9 @@ def checkpoint_dir(init_from: str) -> str:
 
 
 def read_meta(directory: str) -> dict:
-  """The meta record (model, kwargs, classes, preprocessing) of a converted checkpoint."""
-  with open(os.path.join(directory, META_FILE)) as f:
-    return json.load(f)
+  """The run record (model, kwargs, classes, preprocessing) of a converted checkpoint, as a
+  dict in the current shape (a file written before the record's renames reads the same)."""
+  return record.read_file(os.path.join(directory, META_FILE)).to_json()
 
 
 def load(spec: str, cache_dir: str | None = None) -> tuple[dict, dict]:

@@ -16,7 +16,6 @@ The Grain backend's twin of preprocess.py (tf.data), same definitions:
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import math
@@ -24,31 +23,12 @@ from typing import Sequence
 
 import numpy as np
 
+# The eval transform's description is the run record's (one type for every reader and writer).
+from senet_jax.checkpoint.record import Preprocessing  # noqa: F401 (re-exported)
+
 CROP_PADDING = 32  # eval center crop keeps res / (res + 32) of the shorter side
 RESIZE_METHODS = ('bilinear', 'bicubic')  # what this module reproduces of tf.image.resize
 _TABLE_SIZE = 1024  # TF's bicubic coefficient table (resize_bicubic_op.cc)
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """The eval transform: center crop of `crop_fraction` (<= 0: official), resize, normalise.
-
-  `input_backend`: 'tfdata' (pipeline.py) or 'grain' (grain_pipeline.py) computes it.
-  """
-  image_size: int
-  crop_fraction: float
-  interpolation: str
-  mean_rgb: tuple
-  std_rgb: tuple
-  input_dtype: str = 'float32'
-  input_backend: str = 'tfdata'
-
-  @classmethod
-  def from_config(cls, config) -> 'Preprocessing':
-    """The training config's eval preprocessing."""
-    return cls(config.image_size, config.eval_crop_fraction, config.interpolation,
-               tuple(config.mean_rgb), tuple(config.std_rgb), config.input_dtype,
-               config.get('input_backend', 'tfdata'))
 
 
 def decode(data: bytes) -> np.ndarray:

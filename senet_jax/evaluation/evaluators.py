@@ -149,7 +149,7 @@ class Evaluator:
     self.spec = spec
     if spec.image_size > 0 or spec.crop_fraction > 0:
       prep = dataclasses.replace(prep, image_size=spec.image_size or prep.image_size,
-                                 crop_fraction=spec.crop_fraction or prep.crop_fraction)
+                                 eval_crop_fraction=spec.crop_fraction or prep.eval_crop_fraction)
     self.prep = prep
     self.source = source if source is not None else pipeline.open_source(
         spec.dataset, spec.split, data_dir)

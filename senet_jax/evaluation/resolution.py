@@ -33,8 +33,8 @@ def sweep(spec: EvalSpec, model, prep: Preprocessing, weights: Weights,
     source = pipeline.open_source(spec.dataset, spec.split, data_dir)
   rows = []
   for size in resolutions or (prep.image_size,):
-    for crop in crop_fractions or (prep.crop_fraction,):
-      point = dataclasses.replace(prep, image_size=int(size), crop_fraction=float(crop))
+    for crop in crop_fractions or (prep.eval_crop_fraction,):
+      point = dataclasses.replace(prep, image_size=int(size), eval_crop_fraction=float(crop))
       evaluator = Evaluator(dataclasses.replace(spec, image_size=0, crop_fraction=0.0), model,
                             point, num_classes, batch_size, source=source,
                             out_sharding=out_sharding)

@@ -7,12 +7,13 @@ Formats: stablehlo (jax.export, symbolic batch), savedmodel (jax2tf), tflite (fl
 tflite_int8 (post-training quantization calibrated on --calibration_split of the training
 dataset), onnx (tf2onnx from the float32 TFLite model). Every artifact takes uint8 NHWC images
 at the checkpoint's image_size (already resized / center-cropped) and applies the weights' own
-mean/std inside; it returns float32 logits. `<output>.preprocessing.json` records the
-preprocessing. The written artifact is then run in its own runtime against the JAX logits.
+mean/std inside; it returns float32 logits. `<output>.preprocessing.json` holds the run record
+(model, classes, preprocessing: `senet_jax.checkpoint.record`). The written artifact is then
+run in its own runtime against the JAX logits.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 import sys
@@ -20,24 +21,27 @@ import tempfile
 
 import numpy as np
 
+from senet_jax.checkpoint import record
 from senet_jax.errors import OutputWriteError, write_failure_cause
 from senet_jax.export import serving
 from senet_jax.utils import cli
 
 FLOAT_TOLERANCE = 1e-4  # max |diff| <= 1e-4 * max |logit|
+RECORD_SUFFIX = '.preprocessing.json'  # the run record beside the artifact
 
 
 def calibration_images(dataset: str, split: str, data_dir: str | None, count: int,
-                       prep: dict) -> np.ndarray:
-  """`count` uint8 images of a split with the eval transform (resize + center crop)."""
+                       prep) -> np.ndarray:
+  """`count` uint8 images of a split with the eval transform `prep` (a record.Preprocessing:
+  center crop + resize)."""
   import tensorflow as tf
   from senet_jax.data import pipeline, preprocess
   source = pipeline.open_source(dataset, split, data_dir)
   out = []
   for i in range(min(count, len(source))):
     image = preprocess.decode_image(tf.constant(source[i]['image']))
-    image = preprocess.eval_image(image, prep['image_size'], prep['interpolation'],
-                                  prep['eval_crop_fraction'])
+    image = preprocess.eval_image(image, prep.image_size, prep.interpolation,
+                                  prep.eval_crop_fraction)
     out.append(np.asarray(tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)))
   return np.stack(out)
 
@@ -61,7 +65,7 @@ def export(servable: serving.Servable, fmt: str, output: str,
     cause = write_failure_cause(err)
     if cause is None:
       raise
-    for leftover in (output, output + '.preprocessing.json'):
+    for leftover in (output, output + RECORD_SUFFIX):
       if os.path.isdir(leftover):
         shutil.rmtree(leftover, ignore_errors=True)
       elif os.path.lexists(leftover):
@@ -95,9 +99,18 @@ def _write_artifact(servable, fmt: str, output: str, work: str, calibration) -> 
     os.replace(result, output)
   finally:
     shutil.rmtree(work, ignore_errors=True)
-  with open(output + '.preprocessing.json', 'w') as f:
-    json.dump({'format': fmt, 'model': servable.name, 'input': 'uint8 NHWC',
-               **servable.preprocessing}, f, indent=1)
+  record.write_file(output + RECORD_SUFFIX, exported_record(servable, fmt))
+
+
+def exported_record(servable, fmt: str) -> record.Record:
+  """The run record written beside an artifact: the model, its preprocessing and provenance,
+  the format and its input; the training run's own fields (config, step) and the checkpoint's
+  integrity seal stay with the checkpoint."""
+  run = servable.record or record.Record(servable.name, servable.num_classes,
+                                         servable.preprocessing)
+  kept = {k: v for k, v in run.extra.items() if k != 'integrity'}
+  return dataclasses.replace(run, config='', step=None, input_next_step=None,
+                             extra={**kept, 'format': fmt, 'input': 'uint8 NHWC'})
 
 
 def run(fmt: str, path: str, images: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
+from senet_jax import loading
+
 FORMATS = ('stablehlo', 'savedmodel', 'tflite', 'tflite_int8', 'onnx')
 # TFLite flatbuffers and ONNX protobufs cannot hold more than 2 GiB.
 SIZE_LIMIT = {'tflite': 2 ** 31, 'tflite_int8': 2 ** 31, 'onnx': 2 ** 31}
@@ -24,20 +26,12 @@ class ExportError(ValueError):
   """A model/format pair or an input that cannot be exported, named in the message."""
 
 
-@dataclasses.dataclass
-class Servable:
-  """A model with its weights and preprocessing, as read from a checkpoint."""
-  name: str
-  model: Any
-  variables: dict
-  image_size: int
-  mean_rgb: tuple
-  std_rgb: tuple
-  preprocessing: dict
-  config: dict
+class Servable(loading.Loaded):
+  """A model with its weights and its run record (`loading.Loaded`), as exported."""
 
   @property
   def num_bytes(self) -> int:
+    """Size of the float32 weights (what a format's file must hold)."""
     return sum(np.asarray(v).nbytes for v in jax.tree.leaves(self.variables))
 
 
@@ -47,17 +41,12 @@ def load(checkpoint: str) -> Servable:
   The C++ convolution kernels (`conv_impl`) are custom calls no other runtime has, so the
   exported graph always uses `conv_impl='xla'` (same values).
   """
-  from senet_jax import loading
   loaded = loading.load(checkpoint)
   model = loaded.model
   if 'conv_impl' in {f.name for f in dataclasses.fields(model)}:
     model = model.clone(conv_impl='xla')
-  name = loaded.config.get('model') or loading.read_meta(checkpoint).get('model', 'model')
-  prep = {'image_size': loaded.image_size, 'eval_crop_fraction': loaded.eval_crop_fraction,
-          'interpolation': loaded.interpolation, 'mean_rgb': list(loaded.mean_rgb),
-          'std_rgb': list(loaded.std_rgb)}
-  return Servable(name, model, loaded.variables, loaded.image_size, tuple(loaded.mean_rgb),
-                  tuple(loaded.std_rgb), prep, loaded.config)
+  return Servable(**{**{f.name: getattr(loaded, f.name) for f in dataclasses.fields(loaded)},
+                     'model': model})
 
 
 # The package each format's conversion needs beyond requirements.txt (requirements-test.txt

@@ -360,7 +360,10 @@ def load_params(directory: str) -> dict:
     return _load_params(directory)
 
 
-def _load_params(directory: str) -> dict:
+def open_newest(directory: str) -> tuple[str, ocp.CheckpointManager, int] | None:
+  """(folder, read-only manager, step) of the newest checkpoint under `directory` (a training
+  workdir, its `checkpoints/` folder or a converter output), or None: the one way the readers
+  open a checkpoint they did not write."""
   for candidate in (os.path.join(directory, 'checkpoints'), directory):
     if not os.path.isdir(candidate):
       continue
@@ -369,26 +372,32 @@ def _load_params(directory: str) -> dict:
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'meta': ocp.JsonCheckpointHandler()})
     step = manager.latest_step()
-    if step is None:
-      continue
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    try:
-      files_verified = integrity.verify_files(os.path.join(candidate, str(step)))
-      saved = _as_tree(manager.item_metadata(step)['state'])
-      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            saved, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
-      items = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target),
-          **({'meta': ocp.args.JsonRestore()} if _has_item(candidate, step, 'meta') else {})))
-      state = items['state']
-      integrity.verify(dict(items.get('meta') or {}), state, f'{candidate}/{step}',
-                       arrays=not files_verified)
-    except Exception as err:  # noqa: BLE001 - damaged files: one line naming the checkpoint
-      raise CheckpointError(f'checkpoint {candidate}/{step} is unreadable ({describe(err)})'
-                            ) from None
-    return {k: jax.tree.map(np.asarray, state[k]) for k in ('params', 'batch_stats')
-            if k in state}
-  raise CheckpointError(f'no checkpoint found under {directory!r} (config.init_from)')
+    if step is not None:
+      return candidate, manager, step
+  return None
+
+
+def _load_params(directory: str) -> dict:
+  found = open_newest(directory)
+  if found is None:
+    raise CheckpointError(f'no checkpoint found under {directory!r} (config.init_from)')
+  candidate, manager, step = found
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  try:
+    files_verified = integrity.verify_files(os.path.join(candidate, str(step)))
+    saved = _as_tree(manager.item_metadata(step)['state'])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          saved, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
+    items = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target),
+        **({'meta': ocp.args.JsonRestore()} if _has_item(candidate, step, 'meta') else {})))
+    state = items['state']
+    integrity.verify(dict(items.get('meta') or {}), state, f'{candidate}/{step}',
+                     arrays=not files_verified)
+  except Exception as err:  # noqa: BLE001 - damaged files: one line naming the checkpoint
+    raise CheckpointError(f'checkpoint {candidate}/{step} is unreadable ({describe(err)})'
+                          ) from None
+  return {k: jax.tree.map(np.asarray, state[k]) for k in ('params', 'batch_stats') if k in state}
 
 
 def merge_pretrained(fresh: dict, pretrained: dict, exclude: tuple[str, ...]) -> dict:

@@ -7,6 +7,7 @@ eval split.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from senet_jax import errors, evaluation
+from senet_jax.checkpoint import record as record_lib
 from senet_jax.convert import hub
 from senet_jax.data import pipeline
 from senet_jax.models import builder, create_model, min_resolution
@@ -257,13 +259,11 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool, watcher) -> dict[
   start_step = int(jax.device_get(state.step))
   if eval_only:
     total_steps = start_step
-  meta_base = {'model': config.model, 'config': config.to_json_best_effort(),
-               'preprocessing': {k: config[k] for k in (
-                   'image_size', 'eval_crop_fraction', 'interpolation', 'mean_rgb', 'std_rgb')}}
+  run_record = record_lib.Record.from_config(config)  # what every checkpoint says of the run
 
   def save(step, metrics=None, force=False):
-    checkpointer.save(step, state, {**meta_base, 'step': step, 'input_next_step': step},
-                      metrics=metrics, force=force)
+    meta = dataclasses.replace(run_record, step=step, input_next_step=step).to_json()
+    checkpointer.save(step, state, meta, metrics=metrics, force=force)
 
   # ---- Loop ----------------------------------------------------------------------------
   make_iter = lambda cfg, start: pipeline.make_train_iterator(  # config.input_backend
