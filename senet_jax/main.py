@@ -69,12 +69,6 @@ class _QuietLibraries:
         n in record.pathname for n in self.NOISY)
 
 
-def _hide_accelerators_from_tensorflow() -> None:
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
-  tf.config.set_visible_devices([], 'TPU') if tf.config.list_physical_devices('TPU') else None
-
-
 def _init_distributed() -> None:
   import jax
   if FLAGS.coordinator_address or FLAGS.distributed:
@@ -101,7 +95,9 @@ def main(argv):
     validate.validate_fields(FLAGS.config, eval_only=FLAGS.mode == 'eval')
   except validate.ConfigError as err:
     _fail(err, 2, 'bad config: ')
-  _hide_accelerators_from_tensorflow()
+  # TensorFlow is imported only where it is used (not by config.input_backend='grain').
+  from senet_jax.utils import tf_host
+  tf_host.hide_accelerators_on_import()
   _init_distributed()
   from senet_jax import errors
   from senet_jax.training import preemption, trainer, workdir_lock  # after distributed init
