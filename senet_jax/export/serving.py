@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
