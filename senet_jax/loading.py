@@ -70,6 +70,9 @@ def read_meta(directory: str) -> dict:
 def load(directory: str) -> Loaded:
   """Model + float32 variables + preprocessing of the newest checkpoint under `directory`."""
   run = read_record(directory)
+  if run.preprocessing is None:
+    raise CheckpointError(f'{directory}: its record has no preprocessing (image_size, '
+                          'eval_crop_fraction, interpolation, mean_rgb, std_rgb)')
   config = run.config_dict()  # {} for converted weights
   model = builder.build_model(run.model, num_classes=run.num_classes,
                               conv_impl=config.get('conv_impl', 'auto'),

@@ -178,3 +178,12 @@ def test_a_former_trainer_checkpoint_loads(tmp_path):
   np.testing.assert_array_equal(loaded.model.apply(loaded.variables, x, train=False),
                                 create_model('se_resnet18', num_classes=3, **TINY).apply(
                                     variables, x, train=False))
+
+
+def test_a_bare_meta_has_no_preprocessing_and_writes_none():
+  # save_converted's callers may give only the model name (tests/test_first_contact.py): the
+  # record then holds no preprocessing rather than inventing one.
+  from senet_jax.checkpoint.record import Record
+  record = Record.from_json({'model': 'se_resnet18'})
+  assert record.preprocessing is None and record.model == 'se_resnet18'
+  assert record.to_json() == {'model': 'se_resnet18', 'model_kwargs': {}, 'num_classes': 0}

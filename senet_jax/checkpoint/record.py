@@ -104,7 +104,7 @@ class Record:
   """
   model: str
   num_classes: int
-  preprocessing: Preprocessing
+  preprocessing: Preprocessing | None  # None: a bare meta that gave none (no tool can load it)
   model_kwargs: dict = dataclasses.field(default_factory=dict)
   class_names: tuple = ()
   config: str = ''
@@ -130,8 +130,10 @@ class Record:
       prep = Preprocessing.from_json(d.pop('preprocessing'))
     elif all(k in d for k in Preprocessing.STORED):  # a former export: facts at the top level
       prep = Preprocessing.from_json({k: d.pop(k) for k in Preprocessing.STORED})
-    else:  # a former trainer record without them: the config's
+    elif all(k in _renamed(config) for k in Preprocessing.STORED):  # a former trainer record
       prep = Preprocessing.from_json(_renamed(config))
+    else:  # weights saved with a bare meta (save_converted's callers may give only the model)
+      prep = None
     # Former trainer records keep the model's fields and class count inside the config only.
     fields = {'model': d.pop('model', config.get('model', '')),
               'num_classes': int(d.pop('num_classes', config.get('num_classes', 0))),
@@ -143,7 +145,9 @@ class Record:
   def to_json(self) -> dict:
     """The JSON dict every writer stores (empty / unset fields left out)."""
     out = {'model': self.model, 'model_kwargs': json.loads(json.dumps(self.model_kwargs)),
-           'num_classes': self.num_classes, 'preprocessing': self.preprocessing.to_json()}
+           'num_classes': self.num_classes}
+    if self.preprocessing is not None:
+      out['preprocessing'] = self.preprocessing.to_json()
     optional = {'class_names': list(self.class_names), 'config': self.config,
                 'step': self.step, 'input_next_step': self.input_next_step}
     out.update({k: v for k, v in optional.items() if v not in ((), [], '', None)})
