@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import train
-from senet_jax.models import create_model
+from senet_jax.models import builder, create_model
 from senet_jax.training import checkpoint as ckpt_lib
 from senet_jax.training import distill
 from senet_jax.training.validate import ConfigError
@@ -50,13 +50,13 @@ def test_bad_distill_config_names_the_field(digits_dir):
   config = tiny_config(digits_dir)
   config.distill.teacher = '/nonexistent/teacher'
   with pytest.raises(ConfigError, match='config.distill.model'):
-    distill.load_teacher(config, None, create_model, ckpt_lib.load_params)
+    distill.load_teacher(config, None, builder.build_model, ckpt_lib.load_params)
   config.distill.model = 'se_resnet18'
   with pytest.raises(ConfigError, match='config.distill.teacher'):
-    distill.load_teacher(config, None, create_model, ckpt_lib.load_params)
+    distill.load_teacher(config, None, builder.build_model, ckpt_lib.load_params)
   config.distill.alpha = 1.5
   with pytest.raises(ConfigError, match='config.distill.alpha'):
-    distill.load_teacher(config, None, create_model, ckpt_lib.load_params)
+    distill.load_teacher(config, None, builder.build_model, ckpt_lib.load_params)
 
 
 @pytest.mark.slow  # two short runs (minutes on 2 loaded cores)

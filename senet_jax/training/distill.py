@@ -73,20 +73,20 @@ def check_config(distill) -> None:
                       f'{suggest(distill.model, list_models())}')
 
 
-def load_teacher(config, sharding, create_model: Callable, load_params: Callable
+def load_teacher(config, sharding, build_model: Callable, load_params: Callable
                  ) -> Teacher | None:
   """The teacher of `config.distill`, its variables placed with `sharding`; None when off.
 
-  `create_model` / `load_params` are the registry's and the checkpoint module's (passed in so
-  this module stays free of the trainer's imports).
+  `build_model` is the package's one model builder (`models.builder.build_model`, with the
+  run's conv_impl bound) and `load_params` the checkpoint module's (passed in so this module
+  stays free of the trainer's imports).
   """
   distill = config.get('distill')
   if distill is None or not distill.teacher:
     return None
   check_config(distill)
-  dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
-  module = create_model(distill.model, num_classes=config.num_classes, dtype=dtype,
-                        **dict(distill.model_kwargs))
+  module = build_model(distill.model, num_classes=config.num_classes, dtype=config.dtype,
+                       model_kwargs=dict(distill.model_kwargs))
   try:
     loaded = load_params(distill.teacher)
   except Exception as err:  # noqa: BLE001 - any unreadable checkpoint: name the field

@@ -8,6 +8,7 @@ eval split.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from senet_jax import errors, evaluation
 from senet_jax.checkpoint import record as record_lib
 from senet_jax.convert import hub
 from senet_jax.data import pipeline
-from senet_jax.models import builder, create_model, min_resolution
+from senet_jax.models import builder, min_resolution
 from senet_jax.training import checkpoint as ckpt_lib
 from senet_jax.training import (config_diff, distill, mfu, optim, preemption, profiling,
                                 progressive, steps, workdir_lock)
@@ -211,8 +212,9 @@ def _train_and_evaluate(config, workdir: str, eval_only: bool, watcher) -> dict[
        f'{sum(p.size for p in jax.tree.leaves(state.params)):,}')
 
   # ---- Step functions ------------------------------------------------------------------
-  teacher = None if eval_only else distill.load_teacher(config, replicated, create_model,
-                                                       ckpt_lib.load_params)
+  teacher = None if eval_only else distill.load_teacher(
+      config, replicated, functools.partial(builder.build_model, conv_impl=config.conv_impl),
+      ckpt_lib.load_params)
 
   def jit_train_step(step_model):
     step_fn = steps.make_train_step(step_model, optimizer, config, schedule)
