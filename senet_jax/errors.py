@@ -54,6 +54,27 @@ class OutputWriteError(SenetError, OSError):
   exit_code = 4
 
 
+class WorkdirLockedError(SenetError, RuntimeError):
+  """Another live run holds the workdir (training/workdir_lock.py); nothing was touched."""
+  exit_code = 5
+
+
+PREEMPTED_EXIT_CODE = 42    # SIGTERM / the scheduler's preemption notice: requeue me
+INTERRUPTED_EXIT_CODE = 130  # Ctrl-C: 128 + SIGINT, as shells report it
+
+
+class Preempted(Exception):
+  """Raised after the checkpoint at `step` is committed; `exit_code` is 42 for a preemption
+  (SIGTERM) and 130 for Ctrl-C. Not a SenetError: it is a clean stop, logged as a warning."""
+
+  def __init__(self, step: int, interrupted: bool = False, saved: bool = True):
+    what = 'interrupted (Ctrl-C)' if interrupted else 'preempted'
+    super().__init__(f'{what}; checkpoint written at step {step}' if saved else
+                     f'{what} at step {step}; nothing new to save, rerun to resume')
+    self.step = step
+    self.exit_code = INTERRUPTED_EXIT_CODE if interrupted else PREEMPTED_EXIT_CODE
+
+
 def exit_code(err: BaseException, default: int = 1) -> int:
   """The documented exit status for `err` (`default` for errors that are not ours)."""
   return getattr(err, 'exit_code', default) if isinstance(err, SenetError) else default

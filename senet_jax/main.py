@@ -100,7 +100,7 @@ def main(argv):
   tf_host.hide_accelerators_on_import()
   _init_distributed()
   from senet_jax import errors
-  from senet_jax.training import preemption, trainer, workdir_lock  # after distributed init
+  from senet_jax.training import preemption, trainer  # after distributed init
   config = FLAGS.config
   try:
     results = (trainer.evaluate_only(config, FLAGS.workdir) if FLAGS.mode == 'eval'
@@ -108,10 +108,10 @@ def main(argv):
   except preemption.Preempted as err:
     logging.warning('%s', err)
     _exit(err.exit_code)
-  except (errors.SenetError, workdir_lock.WorkdirLockedError) as err:
-    # The error's own status: a checkpoint of another model is a CheckpointError and a config
-    # mistake, and exits 2 (errors.py).
-    code = 5 if isinstance(err, workdir_lock.WorkdirLockedError) else errors.exit_code(err)
+  except errors.SenetError as err:
+    # The error's own status (errors.py): a checkpoint of another model is a CheckpointError
+    # and a config mistake, and exits 2; a workdir held by another run exits 5.
+    code = errors.exit_code(err)
     _fail(err, code, 'bad config: ' if code == 2 else '')
   from senet_jax.training import progress
   print(f'final eval: {progress.format_results(results)}')

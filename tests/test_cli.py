@@ -91,3 +91,19 @@ def test_skipped_inputs_are_named_and_exit_2(capsys):
   assert cli.report_skipped(['a.png: not an image', 'b.jpg: cannot read it']) == 2
   assert capsys.readouterr().err.splitlines() == ['error: a.png: not an image',
                                                   'error: b.jpg: cannot read it']
+
+
+def test_every_exit_status_is_declared_in_the_errors_leaf():
+  # The documented statuses (README, Fault tolerance): 2 config, 3 non-finite, 4 checkpoint or
+  # output, 5 workdir held by another run, 42 preempted, 130 Ctrl-C -- read from errors.py's
+  # types, whatever module raises them.
+  from senet_jax import errors
+  from senet_jax.training import preemption, workdir_lock
+  assert workdir_lock.WorkdirLockedError is errors.WorkdirLockedError
+  assert preemption.Preempted is errors.Preempted
+  assert [errors.exit_code(e('x')) for e in (
+      errors.ConfigError, errors.NonFiniteError, errors.CheckpointError,
+      errors.OutputWriteError, errors.WorkdirLockedError)] == [2, 3, 4, 4, 5]
+  assert errors.Preempted(7).exit_code == 42
+  assert errors.Preempted(7, interrupted=True).exit_code == 130
+  assert str(errors.Preempted(7)) == 'preempted; checkpoint written at step 7'

@@ -16,21 +16,9 @@ import threading
 
 from jax.experimental import multihost_utils
 
-
-PREEMPTED_EXIT_CODE = 42    # SIGTERM / the scheduler's preemption notice: requeue me
-INTERRUPTED_EXIT_CODE = 130  # Ctrl-C: 128 + SIGINT, as shells report it
-
-
-class Preempted(Exception):
-  """Raised after the checkpoint at `step` is committed; `exit_code` is 42 for a preemption
-  (SIGTERM) and 130 for Ctrl-C."""
-
-  def __init__(self, step: int, interrupted: bool = False, saved: bool = True):
-    what = 'interrupted (Ctrl-C)' if interrupted else 'preempted'
-    super().__init__(f'{what}; checkpoint written at step {step}' if saved else
-                     f'{what} at step {step}; nothing new to save, rerun to resume')
-    self.step = step
-    self.exit_code = INTERRUPTED_EXIT_CODE if interrupted else PREEMPTED_EXIT_CODE
+# Defined in the errors leaf (every exit status in one place); re-exported for importers.
+from senet_jax.errors import (  # noqa: F401
+    INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, Preempted)
 
 
 def distributed_is_initialized() -> bool:

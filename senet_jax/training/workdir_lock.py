@@ -26,12 +26,12 @@ import time
 
 import numpy as np
 
+from senet_jax.errors import WorkdirLockedError  # noqa: F401 (raised here; exit 5)
+
 LOCK_NAME = '.lock'
 MAX_LOCK_BYTES = 1 << 16  # a record is < 4 KiB (the command is cut at 500 characters)
 
 
-class WorkdirLockedError(RuntimeError):
-  """Another live run holds the workdir (main.py exits with 5)."""
 
 
 def _alive(pid: int) -> bool:
