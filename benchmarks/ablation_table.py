@@ -4,11 +4,11 @@ r"""The SE paper's ablations on Fashion-MNIST: run them, store per-run CSVs, reg
     python benchmarks/ablation_table.py     # only the table, from benchmarks/results/*.csv
 
 --run trains every point of every ablation of configs/sweeps/fashion_mnist.py with every seed
-(through senet_jax.sweep: resumable, finished runs skipped), then writes one CSV per ablation,
+(through senet_jax.tools.sweep: resumable, finished runs skipped), then writes one CSV per ablation,
 benchmarks/results/fashion_mnist_<ablation>.csv, one row per run (seed): its final eval metrics,
 parameters and wall time. The table (mean +- std of top-1 over seeds per point, next to the SE
 paper's ImageNet ordering) is computed from those CSVs alone, with the sweep summaries' own
-arithmetic (senet_jax.sweep.point_row / verdict), printed, and written into docs/evidence.md
+arithmetic (senet_jax.tools.sweep.point_row / verdict), printed, and written into docs/evidence.md
 between its table markers; one row per ablation (`summary`) goes between README.md's summary
 markers.
 """
@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from senet_jax import sweep  # noqa: E402
+from senet_jax.tools import sweep  # noqa: E402
 
 SWEEP_CONFIG = os.path.join(ROOT, 'configs', 'sweeps', 'fashion_mnist.py')
 RESULTS_DIR = os.path.join(ROOT, 'benchmarks', 'results')

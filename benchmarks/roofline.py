@@ -1,7 +1,7 @@
 """Device ceilings and the fraction of them a compiled JAX step reaches.
 
 A step's arithmetic is the model FLOPs of the papers' convention (2 x the convolution and dense
-MACs that `senet_jax.complexity` counts, x3 for a training step: the backward pass does
+MACs that `senet_jax.models.counting` counts, x3 for a training step: the backward pass does
 twice the forward's work); its bytes are XLA's estimate for the compiled (fused) module, which is
 what the step reads and writes in device memory. The ceilings are measured on the device, as
 METHOD-style roofline work asks, not read off a datasheet: a large bf16 matrix product for the
@@ -22,8 +22,8 @@ def _cost(analysis) -> dict:
 
 def step_cost(model, resolution: int, batch: int, train: bool, compiled) -> dict:
   """{'gflop': model FLOPs, 'gbytes': XLA's bytes accessed} of one step of `compiled`."""
-  from senet_jax import complexity
-  _, macs = complexity.count(model, resolution)
+  from senet_jax.models import counting
+  _, macs = counting.count(model, resolution)
   flops = 2 * macs * batch * (3 if train else 1)
   nbytes = _cost(compiled.cost_analysis()).get('bytes accessed', float('nan'))
   return {'gflop': flops / 1e9, 'gbytes': nbytes / 1e9}

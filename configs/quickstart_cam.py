@@ -5,7 +5,7 @@ which CAM and Grad-CAM are flat; at 128 px the map is 4x4.
 
     python main.py --config=configs/quickstart_cam.py --workdir=workdir/quickstart_cam
     python -m senet_jax.data.digits digit.png   # a test digit as a PNG
-    python -m senet_jax.cam --checkpoint=workdir/quickstart_cam --output=/tmp/cams digit.png
+    python -m senet_jax.tools.cam --checkpoint=workdir/quickstart_cam --output=/tmp/cams digit.png
 """
 import ml_collections
 

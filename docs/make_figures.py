@@ -1,6 +1,6 @@
 r"""Regenerate the README's research-tool pictures from a quick sweep point.
 
-    python -m senet_jax.sweep --config=configs/sweeps/se_reduction_ratio.py:quick \
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_reduction_ratio.py:quick \
         --workdir=workdir/sweep_r
     python main.py --config=configs/sweeps/se_reduction_ratio.py:quick --workdir=workdir/fig128 \
         --config.dataset=senet_digits/r64 --config.image_size=128
@@ -25,8 +25,9 @@ def main():
   p.add_argument('--output_dir', default=os.path.dirname(os.path.abspath(__file__)))
   args = p.parse_args()
   from PIL import Image
-  from senet_jax import excitation as excitation_cli
-  from senet_jax import cam, loading
+  from senet_jax import loading
+  from senet_jax.tools import cam
+  from senet_jax.tools import excitation as excitation_cli
   from senet_jax.data import pipeline
   excitation_cli.main([f'--checkpoint={args.checkpoint}', '--classes=0,1,2,3,4',
                        '--images_per_class=30',

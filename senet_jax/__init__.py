@@ -8,7 +8,7 @@ SENET_NO_XLA_FLAGS=1.
 
 The faster allocator (1.7x faster CPU training steps than glibc malloc; see
 `senet_jax.utils.allocator`) can only be chosen when a process starts. `main.py`, the console
-scripts and `python -m senet_jax.<tool>` start under it; a script of your own opts in with
+scripts and `python -m senet_jax.tools.<tool>` start under it; a script of your own opts in with
 `python -m senet_jax.run script.py [args]`, or by calling `senet_jax.use_fast_allocator()` as
 its first statement (it restarts the script once, so lines above it run twice).
 

@@ -1,5 +1,6 @@
 """Rebuild a model, its weights and its preprocessing from a checkpoint directory; read image
-files for it with limits. Shared by the tools (predict, cam, excitation, validate, export).
+files for it with limits. Shared by the tools (senet_jax.tools: predict, cam, excitation,
+evaluate), export and the NNX front end, so it stays below the tools, not among them.
 
 Works for training workdirs (the checkpoint records the config) and converter outputs (the
 checkpoint records model, model_kwargs, num_classes and preprocessing).

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY_RESNET, init_variables
-from senet_jax import cam
 from senet_jax.models import create_model
+from senet_jax.tools import cam
 
 
 def patch_image(row, col, size=128, patch=32):
@@ -125,7 +125,7 @@ def digit_pngs(data_dir, tmp_path, n=2):
 
 
 def test_excitation_cli_collects_blocks_and_plots(trained, tmp_path):
-  from senet_jax import excitation as excitation_cli
+  from senet_jax.tools import excitation as excitation_cli
   workdir, _ = trained
   prefix = str(tmp_path / 'exc')
   assert excitation_cli.main([f'--checkpoint={workdir}', '--blocks=SE_2_1,SE_5_1',
@@ -140,7 +140,7 @@ def test_excitation_cli_collects_blocks_and_plots(trained, tmp_path):
 
 
 def test_excitation_means_are_per_class_averages():
-  from senet_jax import excitation
+  from senet_jax.tools import excitation
   model = create_model('se_resnet18', num_classes=3, **TINY_RESNET)
   variables = init_variables(model)
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
@@ -155,8 +155,8 @@ def test_excitation_means_are_per_class_averages():
 
 
 def test_predict_and_cam_cli_on_a_checkpoint(trained, tmp_path):
-  from senet_jax import cam as cam_cli
-  from senet_jax import predict
+  from senet_jax.tools import cam as cam_cli
+  from senet_jax.tools import predict
   workdir, data_dir = trained
   paths = digit_pngs(data_dir, tmp_path)
   preds = predict.predict(workdir, paths)
@@ -175,7 +175,7 @@ def test_predict_and_cam_cli_on_a_checkpoint(trained, tmp_path):
 
 
 def test_summary_table_and_class_names():
-  from senet_jax import summary
+  from senet_jax.tools import summary
   from senet_jax import loading
   table = summary.summary_table('se_resnet18', 64)
   # 11,778,592: timm's legacy_seresnet18. BN channels 64 + 4x64 + (4+1)x128 + (4+1)x256 +
@@ -207,7 +207,7 @@ def get_sweep(variant=''):
 
 
 def test_sweep_runs_skips_finished_points_and_summarizes(trained, tmp_path, capsys):
-  from senet_jax import sweep
+  from senet_jax.tools import sweep
   _, data_dir = trained
   config_file = tmp_path / 'two_points.py'
   config_file.write_text(SWEEP_FILE % data_dir)
@@ -228,7 +228,7 @@ def test_sweep_runs_skips_finished_points_and_summarizes(trained, tmp_path, caps
 
 def test_every_shipped_sweep_expands_on_its_quick_config():
   import glob
-  from senet_jax import sweep
+  from senet_jax.tools import sweep
   files = [f for f in glob.glob('configs/sweeps/*.py') if not f.endswith(('common.py',
                                                                          '__init__.py',
                                                                          'fashion_mnist.py'))]
@@ -250,7 +250,7 @@ def _fake_run(workdir, top1, seed, seconds=10.0, params=1000):
 
 
 def test_sweep_summary_spread_over_seeds_and_verdict(tmp_path):
-  from senet_jax import sweep
+  from senet_jax.tools import sweep
   points = [{'model_kwargs.se_reduction': 4.0}, {'model_kwargs.se_reduction': 8.0}]
   # r=4: 0.90, 0.92, 0.94 (mean 0.92, std 0.02); r=8: 0.91, 0.93, 0.95 (mean 0.93, std 0.02).
   for point, base in zip(points, (0.90, 0.91)):
@@ -270,7 +270,7 @@ def test_sweep_summary_spread_over_seeds_and_verdict(tmp_path):
 
 
 def test_sweep_with_one_seed_says_the_spread_is_unknown(tmp_path):
-  from senet_jax import sweep
+  from senet_jax.tools import sweep
   points = [{'model_kwargs.se_reduction': 4.0}, {'model_kwargs.se_reduction': 8.0}]
   for point, v in zip(points, (0.9889, 0.9861)):  # one test image of 359 apart
     _fake_run(sweep.run_dir(str(tmp_path), sweep.point_name(point), None), v, 0)
@@ -281,7 +281,7 @@ def test_sweep_with_one_seed_says_the_spread_is_unknown(tmp_path):
 def test_sweep_runs_every_seed_and_prints_runnable_commands(tmp_path, monkeypatch, capsys):
   import sys
   import train
-  from senet_jax import sweep
+  from senet_jax.tools import sweep
   trained_dirs = []
 
   def fake_train(config, workdir):  # the sweep's bookkeeping, without training
@@ -313,7 +313,7 @@ def test_sweep_runs_every_seed_and_prints_runnable_commands(tmp_path, monkeypatc
 
 
 def test_sweep_counts_parameters_from_shapes():
-  from senet_jax import sweep
+  from senet_jax.tools import sweep
   config, points, _, _ = sweep.load_sweep('configs/sweeps/se_reduction_ratio.py')
   config = sweep.apply_point(config, {'model_kwargs.se_reduction': 16.0})
   # SE-ResNet-50: 28,088,024 parameters (timm legacy_seresnet50)

@@ -16,6 +16,11 @@ FLOORS = {
     'senet_jax.ops': ('senet_jax.utils', 'senet_jax.errors'),
     'senet_jax.models': ('senet_jax.ops', 'senet_jax.utils', 'senet_jax.errors'),
 }
+# The tools stand at the top: no module of the package imports one, but the tools themselves
+# and their old paths, kept for one release (each re-exports its tool).
+TOOLS = 'senet_jax.tools'
+OLD_TOOL_PATHS = ('senet_jax.cam', 'senet_jax.complexity', 'senet_jax.excitation',
+                  'senet_jax.predict', 'senet_jax.summary', 'senet_jax.sweep', 'senet_jax.validate')
 
 
 def _modules() -> dict[str, str]:
@@ -105,4 +110,14 @@ def test_lower_floors_import_nothing_above_them(floor):
   climbing = {f'{m} -> {t}' for m, targets in _graph().items()
               if m == floor or m.startswith(floor + '.')
               for t in targets if not any(t == a or t.startswith(a + '.') for a in allowed)}
+  assert climbing == set()
+
+
+def test_nothing_below_the_tools_imports_them():
+  graph = _graph()
+  assert 'senet_jax.tools.evaluate' in graph['senet_jax.validate']  # the reader sees the edge
+  assert 'senet_jax.models.counting' in graph['senet_jax.training.mfu']  # not the tool
+  climbing = {f'{m} -> {t}' for m, targets in graph.items()
+              if m != TOOLS and not m.startswith(TOOLS + '.') and m not in OLD_TOOL_PATHS
+              for t in targets if t == TOOLS or t.startswith(TOOLS + '.')}
   assert climbing == set()

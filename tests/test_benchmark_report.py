@@ -32,13 +32,12 @@ def test_cost_accepts_both_jax_return_types():
 
 
 def test_step_cost_counts_three_forward_passes_for_training():
-  from senet_jax import complexity
-  from senet_jax.models import create_model
+  from senet_jax.models import counting, create_model
   import jax
   import jax.numpy as jnp
   model = create_model('resnet18', num_classes=10)
   compiled = jax.jit(lambda x: x * 2).lower(jnp.ones((4, 8), jnp.float32)).compile()
-  _, macs = complexity.count(model, 32)
+  _, macs = counting.count(model, 32)
   train = roofline.step_cost(model, 32, batch=4, train=True, compiled=compiled)
   infer = roofline.step_cost(model, 32, batch=4, train=False, compiled=compiled)
   assert train['gflop'] == pytest.approx(3 * infer['gflop']) == pytest.approx(24 * macs / 1e9)

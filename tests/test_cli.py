@@ -1,16 +1,30 @@
 """The tools' one command-line convention (senet_jax/utils/cli.py): `error:` lines, exit codes."""
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 
 from senet_jax.utils import cli
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 # Every tool, as `python -m` runs it (convert and export are packages with __main__).
-TOOL_MODULES = {'predict': 'senet_jax.predict', 'summary': 'senet_jax.summary',
-                'sweep': 'senet_jax.sweep', 'validate': 'senet_jax.validate',
-                'complexity': 'senet_jax.complexity', 'excitation': 'senet_jax.excitation',
-                'cam': 'senet_jax.cam', 'convert': 'senet_jax.convert.__main__',
+TOOL_MODULES = {'predict': 'senet_jax.tools.predict', 'summary': 'senet_jax.tools.summary',
+                'sweep': 'senet_jax.tools.sweep', 'validate': 'senet_jax.tools.evaluate',
+                'complexity': 'senet_jax.tools.complexity',
+                'excitation': 'senet_jax.tools.excitation',
+                'cam': 'senet_jax.tools.cam', 'convert': 'senet_jax.convert.__main__',
                 'export': 'senet_jax.export.__main__'}
+# The tools' paths before senet_jax/tools/ (issue 32), kept for one release: old -> new.
+MOVED = {'senet_jax.predict': 'senet_jax.tools.predict',
+         'senet_jax.summary': 'senet_jax.tools.summary',
+         'senet_jax.sweep': 'senet_jax.tools.sweep',
+         'senet_jax.validate': 'senet_jax.tools.evaluate',
+         'senet_jax.complexity': 'senet_jax.tools.complexity',
+         'senet_jax.excitation': 'senet_jax.tools.excitation',
+         'senet_jax.cam': 'senet_jax.tools.cam'}
 
 
 @pytest.mark.parametrize('tool', sorted(TOOL_MODULES))
@@ -36,7 +50,7 @@ def test_every_tool_has_verbose_and_its_docstring_as_help(tool, capsys):
 
 
 def test_unknown_flag_wrong_type_and_missing_required_flag_are_one_line(capsys):
-  from senet_jax import complexity, predict
+  from senet_jax.tools import complexity, predict
   with pytest.raises(SystemExit) as exit_:
     complexity.main(['--modles=resnet50'])
   assert capsys.readouterr().err == (
@@ -107,3 +121,44 @@ def test_every_exit_status_is_declared_in_the_errors_leaf():
   assert errors.Preempted(7).exit_code == 42
   assert errors.Preempted(7, interrupted=True).exit_code == 130
   assert str(errors.Preempted(7)) == 'preempted; checkpoint written at step 7'
+
+
+def _note(old):
+  return (f'note: python -m {old} is now python -m {MOVED[old]}; the old path goes in the next '
+          'release\n')
+
+
+@pytest.mark.filterwarnings('ignore:.*found in sys.modules')
+@pytest.mark.parametrize('old', sorted(MOVED))
+def test_every_old_tool_path_reexports_the_tool_and_runs_it_after_one_note(old, capsys,
+                                                                            monkeypatch):
+  import runpy
+  new = importlib.import_module(MOVED[old])
+  shim = importlib.import_module(old)
+  assert capsys.readouterr() == ('', '')  # importing an old path prints nothing
+  public = {name for name in vars(new) if not name.startswith('_')}
+  assert public <= set(vars(shim)) and shim.main is new.main
+  monkeypatch.setenv('SENET_MOVED_NOTE_PID', '')  # as in a process that printed nothing yet
+  monkeypatch.setattr(sys, 'argv', [old, '--help'])
+  with pytest.raises(SystemExit) as exit_:
+    runpy.run_module(old, run_name='__main__', alter_sys=True)
+  out, err = capsys.readouterr()
+  assert exit_.value.code == 0 and err == _note(old)
+  assert new.__doc__.strip().splitlines()[0].strip() in out and '--verbose, --debug' in out
+
+
+def test_an_old_path_run_with_python_m_notes_once_and_exits_as_the_new_one():
+  # Outside pytest the tool restarts itself under the fast allocator (same pid, same command
+  # line): the note is still one line. Without LD_PRELOAD, as a user's shell starts it.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('LD_PRELOAD', 'SENET_NO_JEMALLOC', 'SENET_MOVED_NOTE_PID')}
+  run = lambda *args: subprocess.run([sys.executable, *args], cwd=ROOT, env=env, timeout=300,
+                                     capture_output=True, text=True)
+  imported = run('-c', 'import senet_jax.complexity, senet_jax.validate, senet_jax.sweep')
+  assert (imported.returncode, imported.stdout, imported.stderr) == (0, '', '')
+  for argv in (['--models=resnet18'], ['--no_such_flag=1']):
+    old = run('-m', 'senet_jax.complexity', *argv)
+    new = run('-m', 'senet_jax.tools.complexity', *argv)
+    assert old.returncode == new.returncode == (0 if argv[0].startswith('--models') else 2)
+    assert old.stdout == new.stdout and 'note:' not in new.stderr
+    assert old.stderr == _note('senet_jax.complexity') + new.stderr, old.stderr

@@ -1,7 +1,7 @@
 """Analytic MAC counts against the reference table (papers / timm), within 3%."""
 import pytest
 
-from senet_jax import complexity
+from senet_jax.tools import complexity
 from senet_jax.models import create_model
 
 # GMACs at the model's default resolution (../shared/reference/architectures.md sections 2-3).

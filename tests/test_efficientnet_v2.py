@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import params_without_gradient
-from senet_jax import complexity
-from senet_jax.models import collect_excitations, create_model, efficientnet_v2, model_info
+from senet_jax.models import (collect_excitations, counting, create_model, efficientnet_v2,
+                              model_info)
 
 # Trainable parameters of timm `tf_efficientnetv2_*` (timm 1.0, pretrained=False) and of
 # keras.applications.EfficientNetV2* (trainable weights; Keras has no XL). They agree.
@@ -29,7 +29,7 @@ def _variants(names):
 @pytest.mark.parametrize('variant', _variants(PARAM_COUNTS))
 def test_exact_parameter_counts_and_flops_of_the_official_table(variant):
   name = f'efficientnetv2_{variant}'
-  params, macs = complexity.count(create_model(name), model_info(name).resolution)
+  params, macs = counting.count(create_model(name), model_info(name).resolution)
   assert params == PARAM_COUNTS[variant]
   assert abs(macs / 1e9 / README_GFLOPS[variant] - 1) < 0.03
 

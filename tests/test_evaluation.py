@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from helpers import fake_eval_sets as fake
-from senet_jax import evaluation, validate
+from senet_jax import evaluation
 from senet_jax.evaluation import metrics
+from senet_jax.tools import evaluate
 from senet_jax.training.validate import ConfigError
 
 RAW = evaluation.Preprocessing(fake.SIZE, 1.0, 'bilinear', (0.0,) * 3, (1.0,) * 3)
@@ -251,14 +252,14 @@ def test_resolution_and_crop_sweep_reports_the_best(sweep_set):
 
 def test_validate_cli_writes_timm_columns(sweep_set, tmp_path, monkeypatch, capsys):
   data_dir, tables = sweep_set
-  weights = validate.Weights('ckpt/oracle', 'oracle', fake.Oracle(tables, with_bias=True),
+  weights = evaluate.Weights('ckpt/oracle', 'oracle', fake.Oracle(tables, with_bias=True),
                              {'params': {'bias': np.zeros(1000, np.float32)}}, 1000, RAW,
                              {'dataset': 'imagenet_sketch', 'eval_split': 'test'})
-  monkeypatch.setattr(validate, 'load_weights', lambda **kw: weights)
+  monkeypatch.setattr(evaluate, 'load_weights', lambda **kw: weights)
   out = str(tmp_path / 'results.csv')
   args = ['--checkpoint=ckpt/oracle', f'--data_dir={data_dir}', '--resolutions=32',
           '--crops=1.0,0.5', '--batch_size=4', f'--output={out}']
-  assert validate.main(args) == 0
+  assert evaluate.main(args) == 0
   with open(out) as f:
     rows = list(csv.DictReader(f))
   timm_columns = ['model', 'img_size', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count',
@@ -270,13 +271,13 @@ def test_validate_cli_writes_timm_columns(sweep_set, tmp_path, monkeypatch, caps
   assert (r['param_count'], r['gmacs'], r['num_examples']) == ('0.0', '0.0', '7')
   assert [row['best'] for row in rows] == ['0', '1']
   assert rows[1]['evaluator'] == 'imagenet_sketch' and rows[1]['top1'] == '100.0'
-  assert validate.main(args[:-1] + ['--evals=nope', f'--output={out}']) == 2
+  assert evaluate.main(args[:-1] + ['--evals=nope', f'--output={out}']) == 2
   assert "unknown evaluator 'nope'" in capsys.readouterr().err
-  assert validate.main(args[:-1] + ['--resolutions=32,big', f'--output={out}']) == 2
-  assert validate.main(args[:-1] + ['--resolutions=16', f'--output={out}']) == 2
+  assert evaluate.main(args[:-1] + ['--resolutions=32,big', f'--output={out}']) == 2
+  assert evaluate.main(args[:-1] + ['--resolutions=16', f'--output={out}']) == 2
   assert 'below the minimum input of oracle (32 px)' in capsys.readouterr().err
   monkeypatch.undo()
-  assert validate.main([f'--checkpoint={tmp_path / "none"}', f'--output={out}']) == 4
+  assert evaluate.main([f'--checkpoint={tmp_path / "none"}', f'--output={out}']) == 4
   assert 'no checkpoint found' in capsys.readouterr().err
 
 
@@ -311,7 +312,7 @@ def test_evals_from_config_names_and_errors():
 
 
 def _validate_processes(num_processes, devices, data_dir, output):
-  """`python -m senet_jax.validate` on digits in `num_processes` local processes."""
+  """`python -m senet_jax.tools.evaluate` on digits in `num_processes` local processes."""
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
@@ -319,7 +320,7 @@ def _validate_processes(num_processes, devices, data_dir, output):
              JAX_PLATFORMS='cpu', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
   procs = []
   for pid in range(num_processes):
-    cmd = [sys.executable, '-m', 'senet_jax.validate', '--model=mobilenetv3_small_100',
+    cmd = [sys.executable, '-m', 'senet_jax.tools.evaluate', '--model=mobilenetv3_small_100',
            '--num_classes=10', '--dataset=senet_digits', '--split=test', f'--data_dir={data_dir}',
            '--resolutions=32', '--batch_size=60', f'--output={output}']
     if num_processes > 1:

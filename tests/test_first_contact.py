@@ -47,7 +47,7 @@ def test_extra_evaluators_are_formatted_like_the_main_one():
 @pytest.mark.parametrize('model', ['se_resnet18', 'mobilenetv3_small_100'])
 def test_summary_lists_params_before_batch_stats_whatever_order_flax_gives(model, monkeypatch):
   from flax.linen import summary as flax_summary
-  from senet_jax import summary
+  from senet_jax.tools import summary
   original = flax_summary._get_module_table
 
   def reversed_columns(*args, **kwargs):  # flax's order comes from a set: make it the other one
@@ -134,7 +134,7 @@ def test_config_values_checked_without_data_fail_before_tensorflow(tmp_path, fla
 
 
 def test_sweep_settings_are_overridden_on_its_command_line(capsys):
-  from senet_jax import sweep
+  from senet_jax.tools import sweep
   config, points, path, _ = sweep.load_sweep('configs/sweeps/se_gate.py:quick')
   overrides = sweep.config_overrides(['--config.num_epochs=2', '--config.data_dir', '/data',
                                       '--config.model_kwargs.stage_planes=(8, 8, 8, 8)'])

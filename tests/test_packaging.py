@@ -16,7 +16,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = ('convert', 'export', 'predict', 'summary', 'sweep', 'validate', 'complexity',
-         'excitation', 'cam')
+         'excitation', 'cam', 'evaluate')
+# Where each console script's program lives (`python -m` of the same module).
+TOOL_MODULES = {tool: f'senet_jax.tools.{tool}' for tool in TOOLS}
+TOOL_MODULES.update(convert='senet_jax.convert', export='senet_jax.export',
+                    validate='senet_jax.tools.evaluate')
 REPOSITORY_MODULES = ('train', 'main', 'configs')  # the checkout's top level, not the package
 
 
@@ -175,8 +179,8 @@ def test_every_console_script_answers_help(installed, tmp_path):
     result = run_outside(python, tmp_path, [script(python, f'senet-{tool}'), '--help'])
     assert result.returncode == 0, (tool, result.stderr[-2000:])
     assert result.stdout.startswith('usage: senet-' + tool) and '--verbose' in result.stdout
-    # The same program as `python -m senet_jax.<tool>`: the module's docstring is the help.
-    assert f'senet_jax.{tool}' in result.stdout, tool
+    # The same program as `python -m senet_jax.tools.<tool>`: the module's docstring is the help.
+    assert TOOL_MODULES[tool] in result.stdout, tool
   # senet-train (absl flags, as main.py): its help lists the flags, its docstring the usage.
   result = run_outside(python, tmp_path, [script(python, 'senet-train'), '--help'])
   assert result.returncode == 0 and 'senet-train --config=configs/quickstart.py' in (
@@ -318,4 +322,4 @@ def test_the_readme_layout_names_every_part_of_the_package():
   assert not unnamed, unnamed
   for tool in TOOLS:  # and every tool has its console script
     with open(os.path.join(ROOT, 'pyproject.toml')) as f:
-      assert f'senet-{tool} = "senet_jax.{tool}' in f.read(), tool
+      assert f'senet-{tool} = "{TOOL_MODULES[tool]}' in f.read(), tool

@@ -277,8 +277,8 @@ def test_trainer_traces_chosen_steps_and_logs_mfu_and_throughput(digits_dir, tmp
   log = [r.getMessage() for r in caplog.records]
   assert any(m.startswith('profiler: tracing steps 2-3 into ') for m in log)
   # MFU on the line = 3 x 2 x MACs x img/s / 1e12 (one CPU device, peak from the config).
-  from senet_jax import complexity
-  _, macs = complexity.count(train.build_model(config), config.image_size)
+  from senet_jax.models import counting
+  _, macs = counting.count(train.build_model(config), config.image_size)
   lines = [m for m in log if m.startswith('step ')]
   assert len(lines) == 3  # steps 2, 3 (checkpoint), 4
   for line in lines:

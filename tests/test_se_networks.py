@@ -16,7 +16,7 @@ import pytest
 
 import train
 from configs import quickstart
-from senet_jax.complexity import count
+from senet_jax.models.counting import count
 from senet_jax.models import collect_excitations, create_model
 from senet_jax.models.bn_inception import MODULES
 from conftest import params_without_gradient

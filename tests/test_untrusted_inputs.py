@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from senet_jax import cam as cam_cli
-from senet_jax import predict as predict_cli
 from senet_jax import loading
+from senet_jax.tools import cam as cam_cli
+from senet_jax.tools import predict as predict_cli
 from senet_jax.convert.__main__ import main as convert_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,7 +1,7 @@
 """Ablation sweep: the attention layer of the same backbone: SE, ECA, CBAM, Gather-Excite.
 
-    python -m senet_jax.sweep --config=configs/sweeps/attention.py --workdir=DIR        # ImageNet
-    python -m senet_jax.sweep --config=configs/sweeps/attention.py:quick --workdir=DIR  # digits
+    python -m senet_jax.tools.sweep --config=configs/sweeps/attention.py --workdir=DIR        # ImageNet
+    python -m senet_jax.tools.sweep --config=configs/sweeps/attention.py:quick --workdir=DIR  # digits
 
 Every point is SE-ResNet-50's network with its attention swapped (`attn_layer`); the other SE
 knobs (reduction 16, ReLU MLP, sigmoid gate) are shared by the layers that have them. The

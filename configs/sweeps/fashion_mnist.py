@@ -1,6 +1,6 @@
 """The SE paper's ablations on Fashion-MNIST: one variant per ablation, on configs/fashion_mnist.py.
 
-    python -m senet_jax.sweep --config=configs/sweeps/fashion_mnist.py:se_gate \
+    python -m senet_jax.tools.sweep --config=configs/sweeps/fashion_mnist.py:se_gate \
         --workdir=workdir/fashion_ablations/se_gate --seeds=0,1,2
     python benchmarks/ablation_table.py --run --workdir=workdir/fashion_ablations --seeds=0,1,2
 

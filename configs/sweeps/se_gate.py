@@ -1,7 +1,7 @@
 """Ablation sweep: Excitation gate: sigmoid, tanh, ReLU.
 
-    python -m senet_jax.sweep --config=configs/sweeps/se_gate.py --workdir=DIR        # ImageNet
-    python -m senet_jax.sweep --config=configs/sweeps/se_gate.py:quick --workdir=DIR  # digits
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_gate.py --workdir=DIR        # ImageNet
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_gate.py:quick --workdir=DIR  # digits
 """
 from senet_jax.configs.sweeps import common
 

@@ -1,7 +1,7 @@
 """Ablation sweep: Integration: standard, SE-PRE, SE-POST, SE-Identity, SE after the 3x3 conv.
 
-    python -m senet_jax.sweep --config=configs/sweeps/se_integration.py --workdir=DIR        # ImageNet
-    python -m senet_jax.sweep --config=configs/sweeps/se_integration.py:quick --workdir=DIR  # digits
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_integration.py --workdir=DIR        # ImageNet
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_integration.py:quick --workdir=DIR  # digits
 """
 from senet_jax.configs.sweeps import common
 

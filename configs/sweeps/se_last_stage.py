@@ -1,7 +1,7 @@
 """Ablation sweep: SE on all stages vs no SE on the last stage (stages 2-4 only).
 
-    python -m senet_jax.sweep --config=configs/sweeps/se_last_stage.py --workdir=DIR        # ImageNet
-    python -m senet_jax.sweep --config=configs/sweeps/se_last_stage.py:quick --workdir=DIR  # digits
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_last_stage.py --workdir=DIR        # ImageNet
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_last_stage.py:quick --workdir=DIR  # digits
 """
 from senet_jax.configs.sweeps import common
 

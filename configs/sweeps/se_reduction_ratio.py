@@ -1,7 +1,7 @@
 """Ablation sweep: Reduction ratio r (paper Table 10: 4, 8, 16, 32; journal adds 2).
 
-    python -m senet_jax.sweep --config=configs/sweeps/se_reduction_ratio.py --workdir=DIR        # ImageNet
-    python -m senet_jax.sweep --config=configs/sweeps/se_reduction_ratio.py:quick --workdir=DIR  # digits
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_reduction_ratio.py --workdir=DIR        # ImageNet
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_reduction_ratio.py:quick --workdir=DIR  # digits
 """
 from senet_jax.configs.sweeps import common
 

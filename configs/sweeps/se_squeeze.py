@@ -1,7 +1,7 @@
 """Ablation sweep: Squeeze operator: global average pool, global max pool, none (NoSqueeze).
 
-    python -m senet_jax.sweep --config=configs/sweeps/se_squeeze.py --workdir=DIR        # ImageNet
-    python -m senet_jax.sweep --config=configs/sweeps/se_squeeze.py:quick --workdir=DIR  # digits
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_squeeze.py --workdir=DIR        # ImageNet
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_squeeze.py:quick --workdir=DIR  # digits
 """
 from senet_jax.configs.sweeps import common
 

@@ -1,7 +1,7 @@
 """Ablation sweep: SE in one stage only vs in all stages (paper stages 2..5).
 
-    python -m senet_jax.sweep --config=configs/sweeps/se_stages.py --workdir=DIR        # ImageNet
-    python -m senet_jax.sweep --config=configs/sweeps/se_stages.py:quick --workdir=DIR  # digits
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_stages.py --workdir=DIR        # ImageNet
+    python -m senet_jax.tools.sweep --config=configs/sweeps/se_stages.py:quick --workdir=DIR  # digits
 """
 from senet_jax.configs.sweeps import common
 

@@ -9,7 +9,7 @@ stratified 80/20 train/test split.
 
 or simply point a config at `dataset='senet_digits'`: the pipeline builds it on first use.
 
-One test-split digit as a PNG file (an input for `senet_jax.cam` / `senet_jax.predict`):
+One test-split digit as a PNG file (an input for the tools `senet_jax.tools.cam` and `predict`):
 
     python -m senet_jax.data.digits digit.png                  # test digit 0, 64 px
     python -m senet_jax.data.digits seven.png --index=5 --resolution=128

@@ -1,7 +1,7 @@
 """Evaluation suite: several evaluators per run (ImageNet, ReaL, V2, A, R, Sketch), flip TTA,
 calibration (15-bin ECE, NLL) and the test-time resolution / crop sweep.
 
-`python -m senet_jax.validate` writes timm-style results CSVs with it.
+`python -m senet_jax.tools.evaluate` writes timm-style results CSVs with it.
 """
 from senet_jax.evaluation.evaluators import (SHIPPED, EvalSpec, Evaluator, Preprocessing,
                                              check_specs, class_subset_indices, flatten,

@@ -2,7 +2,7 @@
 
 Training FLOPs per image = 3 x the forward pass's FLOPs (the backward pass computes gradients
 for both the inputs and the weights of every layer: about twice the forward), and forward
-FLOPs = 2 x MACs as `senet_jax.complexity` counts them (convolutions and dense layers, the
+FLOPs = 2 x MACs as `senet_jax.models.counting` counts them (convolutions and dense layers, the
 papers' convention). MFU = training FLOPs per image x images/s / (devices x peak FLOP/s of one
 device). These are *model* FLOPs (PaLM, Chowdhery et al. 2022, appendix B): recomputation by
 `config.remat` and a distillation teacher's forward pass are not counted, so both lower MFU.
@@ -51,8 +51,8 @@ def table_peak(device_kind: str) -> float | None:
 
 def train_flops_per_image(model, resolution: int) -> float:
   """Training FLOPs of one image: 3 x 2 x the forward MACs (module docstring)."""
-  from senet_jax import complexity
-  _, macs = complexity.count(model, resolution)
+  from senet_jax.models import counting
+  _, macs = counting.count(model, resolution)
   return 6.0 * macs
 
 

@@ -1,7 +1,8 @@
-"""The command-line convention of every tool (`python -m senet_jax.<tool>` = `senet-<tool>`).
+"""The command-line convention of every tool (`senet-<tool>`, `python -m senet_jax.tools.<tool>`).
 
 `main.py` keeps absl (ml_collections' `--config.field=value` overrides need it); the tools
-(predict, summary, sweep, excitation, cam, complexity, validate, convert, export) all use this:
+(predict, summary, sweep, excitation, cam, complexity, evaluate; the packages convert and export)
+all use this:
 
 - `parser(__doc__)`: argparse, the module docstring as `--help`, and `--verbose` (alias
   `--debug`) to add the traceback to an error;
@@ -22,6 +23,7 @@ Exit statuses (the same numbers as main.py's where they overlap):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from typing import Callable
@@ -76,7 +78,7 @@ def fail(err: BaseException, code: int, verbose: bool = False) -> int:
 def run(body: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
   """`body(args)` (None counts as 0), with expected errors as one line and their exit code.
 
-  A tool run as a command (`senet-<tool>`, `python -m senet_jax.<tool>`) is first restarted
+  A tool run as a command (`senet-<tool>`, `python -m senet_jax.tools.<tool>`) is first restarted
   under the fast allocator, as main.py is (only before JAX starts; never under pytest).
   """
   from senet_jax.utils import allocator, quiet
@@ -97,3 +99,20 @@ def report_skipped(errors: list[str]) -> int:
   for error in errors:
     print(f'error: {error}', file=sys.stderr)
   return BAD_INPUT if errors else DONE
+
+
+_MOVED_NOTED = 'SENET_MOVED_NOTE_PID'  # the process that printed the note (kept across a restart)
+
+
+def run_moved(old: str, new: str, main: Callable[[], int]) -> int:
+  """`python -m OLD` of a tool that moved to NEW (kept for one release): one `note:` line on
+  stderr, then NEW's `main()` and its exit status.
+
+  `run` may restart the process under the fast allocator (same pid, same command line), which
+  runs this again: the note is printed once per process id, not once per start.
+  """
+  if os.environ.get(_MOVED_NOTED) != str(os.getpid()):
+    print(f'note: python -m {old} is now python -m {new}; the old path goes in the next release',
+          file=sys.stderr, flush=True)
+    os.environ[_MOVED_NOTED] = str(os.getpid())
+  return main()
