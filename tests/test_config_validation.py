@@ -27,7 +27,7 @@ BAD_VALUES = {
     'train_split': ['', 7],
     'eval_split': ['', None],
     'num_classes': [0, -3, 2.5],
-    'image_size': [16, 0, 224.0],
+    'image_size': [2, 0, 224.0],  # 16: the model's own minimum (test_fault_tolerance)
     'eval_crop_fraction': [0.0, 1.5, -0.5],
     'interpolation': ['foo', 'cubic'],
     'mean_rgb': [(1, 2), (1, 2, 300), 'abc'],

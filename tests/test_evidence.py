@@ -99,7 +99,7 @@ def test_missing_dataset_and_idx_files_fail_with_one_line(tmp_path, monkeypatch,
 
 
 def test_ablation_points_and_paper_orderings_name_the_same_points():
-  from senet_jax import sweep
+  from senet_jax.tools import sweep
   sweep.load_sweep(f'{SWEEP_FILE}:se')  # puts the repository root on sys.path
   spec = importlib.util.spec_from_file_location('fashion_sweeps', SWEEP_FILE)
   module = importlib.util.module_from_spec(spec)
@@ -114,7 +114,7 @@ def test_ablation_points_and_paper_orderings_name_the_same_points():
 
 
 def test_se_adds_the_papers_parameter_count():
-  from senet_jax import sweep
+  from senet_jax.tools import sweep
   config, points, _, _ = sweep.load_sweep('configs/sweeps/fashion_mnist.py:se')
   counts = [sweep.count_params(c.model, 10, c.model_kwargs, 32)
             for c in (sweep.apply_point(config, p) for p in points)]
@@ -170,7 +170,7 @@ def _by_hand(path):
 
 
 def test_tiny_sweep_end_to_end_then_table_from_its_csv(fashion, tmp_path):
-  from senet_jax import sweep
+  from senet_jax.tools import sweep
   _, data_dir, _ = fashion
   config, points, _, _ = sweep.load_sweep('configs/sweeps/fashion_mnist.py:se_gate')
   # One stage of one 8-channel block: the compile dominates, two per point (train, eval).
@@ -223,5 +223,76 @@ def test_a_run_shared_by_two_ablations_is_trained_once(tmp_path):
 
 
 def sweep_done_file():
-  from senet_jax import sweep
+  from senet_jax.tools import sweep
   return sweep.DONE_FILE
+
+
+# ---- the published baselines (configs/fashion_mnist.py 'convnet' and 'resnet18') -------------
+def _fashion_config(variant):
+  spec = importlib.util.spec_from_file_location(
+      'fashion_config', os.path.join(os.path.dirname(SWEEP_FILE), os.pardir, 'fashion_mnist.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+# Hand counts from the cited code, with our 3-channel input (the grey image repeated):
+# benchmark/convnet.py: conv 5x5x3x32 + b, conv 5x5x32x64 + b, dense 7*7*64 x 1024 + b, 1024 x 10 + b.
+CONVNET_PARAMS = (5 * 5 * 3 * 32 + 32) + (5 * 5 * 32 * 64 + 64) + (7 * 7 * 64 * 1024 + 1024) + (
+    1024 * 10 + 10)
+# kefth model.py ResNet: conv 3x3x3x64 + BN; stage widths 64/128/256 of two basic blocks (two
+# 3x3 convs + BN each; a 1x1 projection + BN where the width or stride changes); fc 256 x 10 + b.
+_BLOCK = lambda cin, cout: 9 * cin * cout + 9 * cout * cout + 4 * cout + (  # noqa: E731
+    cin * cout + 2 * cout if cin != cout else 0)
+RESNET_PARAMS = (9 * 3 * 64 + 2 * 64) + sum(
+    _BLOCK(cin, cout) + _BLOCK(cout, cout) for cin, cout in ((64, 64), (64, 128), (128, 256))
+) + 256 * 10 + 10
+
+
+# Multiply-adds at 28 px, by hand: each conv is H x W x Cout x (k x k x Cin), each dense In x Out.
+CONVNET_MACS = 28 * 28 * 32 * 75 + 14 * 14 * 64 * 800 + 3136 * 1024 + 1024 * 10
+_CONV3 = lambda size, cin, cout: size * size * cout * 9 * cin  # noqa: E731
+RESNET_MACS = 28 * 28 * 64 * 27 + 4 * _CONV3(28, 64, 64) + sum(
+    _CONV3(size, cin, cout) + 3 * _CONV3(size, cout, cout) + size * size * cout * cin
+    for size, cin, cout in ((14, 64, 128), (7, 128, 256))) + 256 * 10
+
+
+@pytest.mark.parametrize('variant,params,macs', [('convnet', CONVNET_PARAMS, CONVNET_MACS),
+                                                 ('resnet18', RESNET_PARAMS, RESNET_MACS)])
+def test_baselines_are_the_cited_networks(variant, params, macs):
+  import jax
+  import jax.numpy as jnp
+  from senet_jax.models.counting import count
+  from senet_jax.models import create_model
+  assert (CONVNET_PARAMS, RESNET_PARAMS) == (3_276_234, 2_777_674)
+  config = _fashion_config(variant)
+  model = create_model(config.model, num_classes=10, **config.model_kwargs)
+  assert count(model, 28) == (params, macs)
+  out = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((2, 28, 28, 3)), train=False)[0])
+  assert out.shape == (2, 10)
+  if variant == 'resnet18':  # no downsampling in the stem: the stages see 28, 14 and 7 px
+    features = create_model(config.model, num_classes=10, features_only=True,
+                            **config.model_kwargs)
+    maps = jax.eval_shape(lambda: features.init_with_output(
+        jax.random.key(0), jnp.zeros((1, 28, 28, 3)))[0])
+    assert [m.shape[1] for m in maps][-3:] == [28, 14, 7]
+
+
+def test_baselines_see_the_original_28x28_pixels():
+  from senet_jax.data import image_ops
+  config = _fashion_config('convnet')
+  assert _fashion_config('baseline').model_kwargs.stem == 'cifar'
+  original = np.random.default_rng(0).integers(0, 256, (28, 28, 3)).astype(np.float32)
+  padded = np.zeros((32, 32, 3), np.float32)
+  padded[2:30, 2:30] = original  # as senet_jax/data/fashion_mnist.py stores it
+  evaluated = image_ops.eval_image(padded, config.image_size, config.interpolation,
+                                   config.eval_crop_fraction)
+  np.testing.assert_array_equal(evaluated, original)
+  rng = np.random.default_rng(1)
+  windows = [image_ops.random_crop_window(rng, 32, 32, config.crop_area_range)
+             for _ in range(200)]
+  assert {(h, w) for _, _, h, w in windows} == {(28, 28), (32, 32)}  # 32: the center crop
+  shifted = [(t, left) for t, left, h, _ in windows if h == 28]
+  assert 0.3 < len(shifted) / len(windows) < 0.7 and len(set(shifted)) > 8
+  assert all(0 <= t <= 4 and 0 <= left <= 4 for t, left in shifted)

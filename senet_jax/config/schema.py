@@ -19,7 +19,7 @@ from senet_jax.config.checks import (FRACTION, NON_NEG, POSITIVE_INT, Checker, b
                                      mapping, mesh_axis, model_kwargs, noted, number, numbers_of,
                                      optional_text, pair, regex, step_range, text, unset_or)
 
-MIN_RESOLUTION = 32  # every registered network downsamples by 32
+MIN_RESOLUTION = 32  # the ImageNet networks downsample by 32 (progressive learning's floor)
 RESIZE_METHODS = ('bilinear', 'bicubic', 'nearest', 'area', 'lanczos3', 'lanczos5', 'gaussian',
                   'mitchellcubic')
 
@@ -137,7 +137,10 @@ SCHEMA = _unique((
     Field('eval_split', 'validation', text(False), 'TFDS split evaluated', harmless=True),
     Field('num_classes', 1000, POSITIVE_INT,
           ">= the dataset's label count (checked); more is allowed"),
-    Field('image_size', 224, integer(MIN_RESOLUTION), 'training and evaluation resolution'),
+    # The floor here is the smallest network's (tf_tutorial_convnet, 2 pools); the chosen
+    # model's own minimum (32 for the ImageNet networks) is checked against the built model.
+    Field('image_size', 224, integer(4), 'training and evaluation resolution (>= the '
+          "model's minimum, 32 for the ImageNet networks)"),
     Field('eval_crop_fraction', -1.0, crop_fraction,
           'center-crop fraction; -1: res / (res + 32) (official)', harmless=True),
     Field('interpolation', 'bicubic', choice(*RESIZE_METHODS), 'resize method'),

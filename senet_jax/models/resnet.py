@@ -9,8 +9,10 @@ Two public layouts (reference section 2):
 
 Stems and shortcuts are data too (timm's ResNet-D / -T, "bag of tricks", He et al. 2019):
 `stem='deep'` is three 3x3 convs (stem_width / 2, stem_width / 2, stem_width),
-`stem='deep_tiered'` narrows the first to 3/8 stem_width; `avg_down=True` downsamples a
-projection shortcut by a 2x2 average pool before its stride-1 1x1 conv.
+`stem='deep_tiered'` narrows the first to 3/8 stem_width; `stem='cifar'` is one 3x3 stride-1
+conv and no max pool (He et al. 2016's CIFAR networks: small images keep their resolution);
+`avg_down=True` downsamples a projection shortcut by a 2x2 average pool before its stride-1 1x1
+conv.
 
 Stages are numbered as in the paper (conv2_x .. conv5_x -> stages 2..5), so the SE block of the
 third block of conv4_x records its gates as 'SE_4_3'. Parameter names follow torchvision/timm
@@ -34,7 +36,7 @@ from senet_jax.models.attention.config import AttentionFields
 
 LAYOUTS = ('original', 'v1.5')
 BLOCKS = ('basic', 'bottleneck')
-STEMS = ('conv7', 'deep', 'deep_tiered')
+STEMS = ('conv7', 'deep', 'deep_tiered', 'cifar')
 FIRST_STAGE = 2  # the paper calls the first residual stage conv2_x
 
 
@@ -126,7 +128,7 @@ class ResNet(AttentionFields):
   `attn_layer` picks SE / ECA / CBAM / GE; `se_stages` lists the paper stages (2..5) that get it
   (None: all); `se_width_rule` None means the layout's rule; `se_position` places it in the
   unit (ResidualUnit).
-  `stem` ('conv7', 'deep', 'deep_tiered'; `stem_width` output channels) and `avg_down`
+  `stem` ('conv7', 'deep', 'deep_tiered', 'cifar'; `stem_width` output channels) and `avg_down`
   (average-pool projection shortcuts) give the ResNet-D / -T variants (module docstring).
   `basic_relu_before_se` reproduces timm's legacy SE-ResNet-18/34 (a ReLU after the basic
   block's last BN, before SE), which their released weights need.
@@ -231,6 +233,8 @@ class ResNet(AttentionFields):
 
   def _stem(self, x, conv, norm, train):
     bn = functools.partial(norm, use_running_average=not train)
+    if self.stem == 'cifar':  # no downsampling at all: the stages see the input resolution
+      return nn.relu(bn(name='bn1')(conv(self.stem_width, 3, 1, name='conv1')(x)))
     if self.stem == 'conv7':
       x = nn.relu(bn(name='bn1')(conv(self.stem_width, 7, 2, name='conv1')(x)))
     else:  # deep: three 3x3 convs, 64-64-128 in SENet-154; tiered: 24-32-64 in timm's '-t'

@@ -8,6 +8,11 @@ each convolution (Table 2 note). That is the default `se_placement='every_conv'`
 Layout as torchvision's `vgg16_bn`: 3x3 convs with bias, BN, ReLU; 2x2 max pools; adaptive
 average pool to 7x7; 4096-4096-classes classifier with dropout. SE gates are recorded as
 'SE_<stage>_<conv>' (stage 1..5, conv index within the stage).
+
+The same network with `kernel_size`, `batch_norm=False` and `num_hidden` is also the small
+CNN of the Fashion-MNIST authors' benchmark (`tf_tutorial_convnet`: zalandoresearch/fashion-mnist
+`benchmark/convnet.py`, TensorFlow's layers tutorial): two 5x5 convs of 32 and 64 channels with
+bias and ReLU, each followed by a 2x2 max pool, one hidden layer of 1024 with dropout 0.4.
 """
 from __future__ import annotations
 
@@ -37,13 +42,23 @@ class VGG(SEModel):
   pool_size: int = 7
   dropout_rate: float = 0.5
   se_placement: str = 'every_conv'
+  kernel_size: int = 3
+  batch_norm: bool = True
+  num_hidden: int = 2
 
   def __post_init__(self):
     layers.check_choice('se_placement', self.se_placement, PLACEMENTS)
     if len(self.stage_sizes) != len(self.stage_widths):
       raise ValueError(f'stage_sizes {tuple(self.stage_sizes)} and stage_widths '
                        f'{tuple(self.stage_widths)} must have the same length')
+    if self.num_hidden not in (0, 1, 2):
+      raise ValueError(f'num_hidden {self.num_hidden}: expected 0, 1 or 2 hidden layers')
     super().__post_init__()
+
+  @nn.nowrap
+  def min_resolution(self) -> int:
+    """Smallest input size: one pixel left after the stages' 2x2 pools."""
+    return 2 ** len(self.stage_sizes)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -51,8 +66,13 @@ class VGG(SEModel):
     x = x.astype(self.dtype)
     for s, (num_convs, width) in enumerate(zip(self.stage_sizes, self.stage_widths), start=1):
       for i in range(1, num_convs + 1):
-        x = layers.ConvBNAct(width, 3, use_bias=True, conv=conv, norm=norm,
-                             name=f'conv{s}_{i}')(x, train)
+        name = f'conv{s}_{i}'
+        if self.batch_norm:
+          x = layers.ConvBNAct(width, self.kernel_size, use_bias=True, conv=conv, norm=norm,
+                               name=name)(x, train)
+        else:
+          x = nn.relu(conv(width, self.kernel_size, 1, padding='symmetric', use_bias=True,
+                           name=name)(x))
         if self.se_placement == 'every_conv' or i == num_convs:
           se = self.plugin_attn(s, i, train)
           x = x if se is None else se(name=f'se{s}_{i}')(x)
@@ -61,7 +81,7 @@ class VGG(SEModel):
     x = layers.adaptive_avg_pool(x, self.pool_size)
     # Flatten in PyTorch's (C, H, W) order so the classifier's rows line up with torchvision.
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1).astype(jnp.float32)
-    for name in ('fc6', 'fc7'):
+    for name in ('fc6', 'fc7')[:self.num_hidden]:
       x = nn.relu(nn.Dense(self.hidden_width, dtype=self.dtype, name=name)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=jnp.float32, name='classifier')(x)
@@ -72,3 +92,6 @@ for _depth, _stages in VGG_STAGES.items():
            dropout_rate=0.5)
   register(f'se_vgg{_depth}', VGG, family='vgg', stage_sizes=_stages, se=True,
            dropout_rate=0.5)
+register('tf_tutorial_convnet', VGG, family='vgg', resolution=28, stage_sizes=(1, 1),
+         stage_widths=(32, 64), kernel_size=5, batch_norm=False, hidden_width=1024, num_hidden=1, dropout_rate=0.4,
+         se=False)
