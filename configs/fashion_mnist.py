@@ -31,6 +31,7 @@ from senet_jax.configs import default
 # Mean and std of the padded 32x32 images, computed from the 28x28 training set's (72.94,
 # 90.02): the 2-pixel black border scales the mean by 784 / 1024.
 MEAN, STD = 55.85, 84.61
+MEAN_28, STD_28 = 72.94, 90.02  # the 28x28 images' own (the baselines crop them back out)
 SE_KNOBS = dict(se=True, se_reduction=4.0, se_squeeze='avg', se_gate='sigmoid', se_act='relu',
                 se_position='standard', se_stages=(2, 3, 4), se_bias=True, se_width_rule='floor')
 
@@ -84,8 +85,8 @@ def _baseline(config: ml_collections.ConfigDict, variant: str) -> None:
   config.image_size = 28
   config.eval_crop_fraction = 28 / 32  # the original image, exactly (no resize)
   config.crop_area_range = WINDOW_28
-  config.mean_rgb = (72.94,) * 3       # the 28x28 training set's mean and std
-  config.std_rgb = (90.02,) * 3
+  config.mean_rgb = (MEAN_28,) * 3
+  config.std_rgb = (STD_28,) * 3
   config.eval_every_epochs = 5.0
   config.checkpoint_every_steps = 2000
   if variant == 'convnet':

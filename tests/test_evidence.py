@@ -237,7 +237,8 @@ def _fashion_config(variant):
 
 
 # Hand counts from the cited code, with our 3-channel input (the grey image repeated):
-# benchmark/convnet.py: conv 5x5x3x32 + b, conv 5x5x32x64 + b, dense 7*7*64 x 1024 + b, 1024 x 10 + b.
+# benchmark/convnet.py: conv 5x5x3x32 + b, conv 5x5x32x64 + b, dense 7*7*64 x 1024 + b,
+# dense 1024 x 10 + b.
 CONVNET_PARAMS = (5 * 5 * 3 * 32 + 32) + (5 * 5 * 32 * 64 + 64) + (7 * 7 * 64 * 1024 + 1024) + (
     1024 * 10 + 10)
 # kefth model.py ResNet: conv 3x3x3x64 + BN; stage widths 64/128/256 of two basic blocks (two

@@ -93,5 +93,5 @@ for _depth, _stages in VGG_STAGES.items():
   register(f'se_vgg{_depth}', VGG, family='vgg', stage_sizes=_stages, se=True,
            dropout_rate=0.5)
 register('tf_tutorial_convnet', VGG, family='vgg', resolution=28, stage_sizes=(1, 1),
-         stage_widths=(32, 64), kernel_size=5, batch_norm=False, hidden_width=1024, num_hidden=1, dropout_rate=0.4,
-         se=False)
+         stage_widths=(32, 64), kernel_size=5, batch_norm=False, hidden_width=1024,
+         num_hidden=1, dropout_rate=0.4, se=False)

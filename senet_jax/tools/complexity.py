@@ -1,13 +1,6 @@
-"""Parameters and multiply-accumulates (MACs) of registered models, counted analytically.
-
-Every convolution and dense layer reports its MACs while the model is traced with
-`jax.eval_shape` (nothing is compiled or allocated):
-conv: N * H_out * W_out * k * k * (C_in / groups) * C_out; dense: N * C_in * C_out. This is the
-convention of the papers' and timm's tables (elementwise ops, BatchNorm and the SE gating
-multiply are not counted). `se_gating=True` also counts the SE block's channel-wise rescaling
-(N * H * W * C multiplies), which the SE paper's tables include: with it SE-MobileNet comes to
-the paper's 572 MFLOPs from 569. The counting itself is `senet_jax.models.counting.count`
-(training's MFU uses it too); this module is its table and command line.
+"""Parameters and multiply-accumulates (MACs) of registered models: the table and its command
+line. The counting and its convention (which ops count, `se_gating`) are
+`senet_jax.models.counting.count`, which training's MFU uses too.
 
     python -m senet_jax.tools.complexity --models=resnet50,se_resnet50,efficientnet_b0
 """
