@@ -1,6 +1,6 @@
 r"""Host-side input pipeline throughput: ImageNet preprocessing on synthetic JPEGs, side by side.
 
-    python benchmarks/input_pipeline.py --num_images=512 --batch=64 --steps=30 --augment=none
+    python benchmarks/input_pipeline.py --augment=none
     python benchmarks/input_pipeline.py --augment=randaugment --backends=tfdata,grain,timm
 
 Backends: 'tfdata' (pipeline.py), 'grain' (grain_pipeline.py: Grain + Pillow/numpy, no
@@ -8,8 +8,10 @@ TensorFlow) and 'timm' (timm's PIL `create_transform` + a torch DataLoader, for 
 Each runs training preprocessing (random resized crop, flip, --augment: --steps batches after 3
 warm-up ones) and eval preprocessing (center crop + resize: one pass over the images, the
 pipeline's start included); `--workers` worker processes for grain and timm (0: in-process; grain
-then reads ahead with threads, tf.data always uses its own thread pool). Rates are images/s
-and images/s per CPU core available to the process (os.sched_getaffinity).
+then reads ahead with threads, tf.data always uses its own thread pool). Each backend runs in
+its own process (a finished tf.data iterator's threads slowed the next backend 2x when they
+shared one), --rounds times alternating; the medians are printed with the ratios to tf.data.
+Rates are images/s and images/s per CPU core available to the process (os.sched_getaffinity).
 
 Images are random-content JPEGs of ImageNet's typical size (500x375, quality 90) served from
 memory by a random-access source, so the figure is decode + crop + resize (+ augment) +
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -119,6 +123,22 @@ def measure_eval(make, num_images: int) -> float:
   return count / (time.perf_counter() - start)
 
 
+def run_one(args) -> dict:
+  """One backend in this process: {'train', 'per_cpu', 'eval'} images/s."""
+  if args.backends == 'timm':  # torch's native import crashes when TensorFlow came first
+    import timm.data  # noqa: F401
+  from configs import default
+  from senet_jax.data import sources
+  config = default.get_config()
+  config.update(dict(batch_size=args.batch, image_size=args.image_size, augment=args.augment,
+                     num_classes=1000))
+  source = sources.InMemorySource(synthetic_jpegs(args.num_images))
+  make = lambda train: BACKENDS[args.backends](config, source, train, args.workers)  # noqa: E731
+  train, per_cpu = measure_train(lambda: make(True), args.steps, args.batch)
+  return {'train': train, 'per_cpu': per_cpu, 'eval': measure_eval(lambda: make(False),
+                                                                    args.num_images)}
+
+
 def main(argv=None):
   """Prints the side-by-side table (see the module docstring)."""
   p = argparse.ArgumentParser(description=__doc__)
@@ -129,27 +149,37 @@ def main(argv=None):
   p.add_argument('--augment', default='none', choices=['none', 'autoaugment', 'randaugment'])
   p.add_argument('--backends', default='tfdata,grain,timm')
   p.add_argument('--workers', type=int, default=0)
+  p.add_argument('--rounds', type=int, default=3,
+                 help='alternating rounds; each backend runs in its own process every round')
+  p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.child:
+    print('RESULT ' + json.dumps(run_one(args)), flush=True)
+    return
 
-  if 'timm' in args.backends:  # torch's native import crashes when TensorFlow came first
-    import timm.data  # noqa: F401
-  from configs import default
-  from senet_jax.data import sources
-  config = default.get_config()
-  config.update(dict(batch_size=args.batch, image_size=args.image_size, augment=args.augment,
-                     num_classes=1000))
-  source = sources.InMemorySource(synthetic_jpegs(args.num_images))
+  names = args.backends.split(',')
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   print(f'{args.num_images} JPEGs 500x375 q90, {args.image_size}px, augment={args.augment}, '
-        f'batch {args.batch}, {args.steps} batches, workers {args.workers}, {cores} cores')
+        f'batch {args.batch}, {args.steps} batches, workers {args.workers}, {cores} cores, '
+        f'{args.rounds} alternating rounds (median), each backend in its own process')
+  runs = {name: [] for name in names}
+  flags = [a for a in (argv if argv is not None else sys.argv[1:])
+           if not a.startswith('--backends') and not a.startswith('--rounds')]
+  for _ in range(args.rounds):
+    for name in names:
+      out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child',
+                            f'--backends={name}', *flags], capture_output=True, text=True,
+                           check=True).stdout
+      runs[name].append(json.loads(out.split('RESULT ', 1)[1]))
+  median = {n: {k: float(np.median([r[k] for r in runs[n]])) for k in runs[n][0]} for n in names}
+  base = median.get('tfdata')
   print(f'{"backend":8s} {"train img/s":>12s} {"/core":>7s} {"img/CPU-s":>10s} '
-        f'{"eval img/s":>11s} {"/core":>7s}')
-  for name in args.backends.split(','):
-    make = lambda train: BACKENDS[name](config, source, train, args.workers)  # noqa: E731
-    (train, per_cpu), evals = (measure_train(lambda: make(True), args.steps, args.batch),
-                               measure_eval(lambda: make(False), args.num_images))
-    print(f'{name:8s} {train:12.1f} {train / cores:7.1f} {per_cpu:10.1f} {evals:11.1f} '
-          f'{evals / cores:7.1f}', flush=True)
+        f'{"eval img/s":>11s} {"/core":>7s}' + ('   train / eval vs tfdata' if base else ''))
+  for name, m in median.items():
+    ratio = (f'   {m["train"] / base["train"]:.2f}x / {m["eval"] / base["eval"]:.2f}x'
+             if base else '')
+    print(f'{name:8s} {m["train"]:12.1f} {m["train"] / cores:7.1f} {m["per_cpu"]:10.1f} '
+          f'{m["eval"]:11.1f} {m["eval"] / cores:7.1f}{ratio}', flush=True)
 
 
 if __name__ == '__main__':

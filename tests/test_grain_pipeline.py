@@ -45,17 +45,43 @@ def grain_config(**kw):
 def test_eval_preprocessing_matches_tfdata_on_jpegs(method):
   for data in (photo_jpeg(500, 375, 0), photo_jpeg(333, 500, 1)):
     mine = image_ops.eval_image(image_ops.decode(data), 224, method)
-    # Pillow decodes with libjpeg's accurate integer DCT: bitwise TF's INTEGER_ACCURATE.
-    accurate = tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE')
-    np.testing.assert_array_equal(image_ops.decode(data), accurate.numpy())
-    # Same decoded pixels: crop + resize agree with tf.image.resize to float rounding.
-    np.testing.assert_allclose(mine, preprocess.eval_image(accurate, 224, method).numpy(),
+    # simplejpeg decodes with TF's decode_jpeg defaults (fast integer DCT, fancy upsampling):
+    # bitwise the tf.data path's pixels.
+    decoded = preprocess.decode_image(tf.constant(data))
+    np.testing.assert_array_equal(image_ops.decode(data), decoded.numpy())
+    # Same decoded pixels: crop + resize agree with the tf.data path to float rounding.
+    np.testing.assert_allclose(mine, preprocess.eval_image(decoded, 224, method).numpy(),
                                atol=1e-3)
-    # Against the tf.data path as it is (TF's default decoder is the fast integer DCT):
-    # within one grey level on average, a few levels at worst (measured: mean ~1.0, max 4).
-    theirs = preprocess.eval_image(preprocess.decode_image(tf.constant(data)), 224, method)
-    diff = np.abs(mine - theirs.numpy())
-    assert diff.mean() <= 1.1 and diff.max() <= 6
+    # Pillow (the fallback for what simplejpeg refuses) is libjpeg's accurate integer DCT:
+    # bitwise TF's INTEGER_ACCURATE.
+    accurate = tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE')
+    np.testing.assert_array_equal(image_ops._pillow_decode(data), accurate.numpy())
+
+
+@pytest.mark.parametrize('kind', ['jpeg_gray', 'jpeg_cmyk', 'png', 'jpeg_truncated'])
+def test_decode_handles_imagenet_oddities_as_tfdata_does(kind):
+  """Grayscale, CMYK, PNG and truncated JPEGs: the tf.data decoder's pixels, within the
+  DCT difference where Pillow takes over (CMYK, truncated)."""
+  smooth = np.asarray(Image.open(io.BytesIO(photo_jpeg(64, 48, 2))).convert('RGB'))
+  image = Image.fromarray(smooth if kind != 'jpeg_gray' else smooth[..., 0])
+  buf = io.BytesIO()
+  image.convert('CMYK' if kind == 'jpeg_cmyk' else image.mode).save(
+      buf, format='PNG' if kind == 'png' else 'JPEG', quality=90)
+  data = buf.getvalue()
+  if kind == 'jpeg_truncated':
+    full = photo_jpeg(128, 128, 3)
+    data = full[:len(full) * 2 // 3]
+  mine = image_ops.decode(data)
+  theirs = preprocess.decode_image(tf.constant(data)).numpy()
+  assert mine.shape == theirs.shape and mine.dtype == np.uint8
+  diff = np.abs(mine.astype(int) - theirs)
+  if kind in ('jpeg_gray', 'png'):
+    assert diff.max() == 0
+  else:  # Pillow's accurate DCT against TF's fast one (truncated: the rows both recovered)
+    rows = slice(0, 64) if kind == 'jpeg_truncated' else slice(None)
+    assert diff[rows].mean() <= 1.1 and diff[rows].max() <= 6
+  if kind == 'jpeg_truncated':  # what neither could decode is the same grey in both
+    assert diff[112:].max() == 0 and (mine[112:] == 128).all()
 
 
 def gradient_image(height=200, width=250):

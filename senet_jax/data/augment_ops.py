@@ -39,25 +39,29 @@ def grayscale(image: np.ndarray) -> np.ndarray:
 
 
 def transform(image: np.ndarray, matrix) -> np.ndarray:
-  """TF's projective transform (output -> input coordinates), nearest, fill FILL."""
+  """TF's projective transform (output -> input coordinates), nearest, fill FILL.
+
+  The input coordinates in TF's float32 order of operations (rows and columns broadcast, not
+  meshed), then one gather of flat pixel indices from the image with a fill pixel appended.
+  """
   a = np.asarray(matrix, np.float32)
-  h, w = image.shape[:2]
-  ys, xs = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32),
-                       indexing='ij')
-  in_x = a[0] * xs + a[1] * ys + a[2]
-  in_y = a[3] * xs + a[4] * ys + a[5]
-  ix, iy = _round_half_away(in_x), _round_half_away(in_y)
+  h, w, c = image.shape
+  xs = np.arange(w, dtype=np.float32)[None, :]
+  ys = np.arange(h, dtype=np.float32)[:, None]
+  ix = _round_half_away(a[0] * xs + a[1] * ys + a[2])
+  iy = _round_half_away(a[3] * xs + a[4] * ys + a[5])
   inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
-  out = image[np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)]
-  out[~inside] = table.FILL
-  return out
+  flat = np.where(inside, iy * w + ix, h * w)  # index h * w: the fill pixel
+  pixels = np.concatenate([image.reshape(h * w, c), np.full((1, c), table.FILL, image.dtype)])
+  return np.take(pixels, flat, axis=0)  # 4x faster than pixels[flat]
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
-  """std::round: halves away from zero (np.round rounds them to even)."""
-  trunc = np.trunc(v)
-  tie = np.abs(v - trunc) == 0.5
-  return np.where(tie, trunc + np.sign(v), np.round(v)).astype(np.int64)
+  """std::round: halves away from zero (np.round rounds them to even): trunc(v), plus sign(v)
+  where the fraction (exact in float32) is at least one half."""
+  whole = np.trunc(v)
+  up = (np.abs(v - whole) >= np.float32(0.5)).astype(np.float32)
+  return (whole + np.copysign(up, v)).astype(np.int32)
 
 
 def rotate(image: np.ndarray, degrees) -> np.ndarray:

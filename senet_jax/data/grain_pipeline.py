@@ -55,8 +55,9 @@ class _TrainBatch:
     self.num_examples = len(source)
     self._cache = {}  # epoch permutations (one per worker)
 
-  def example(self, data: bytes | None, position: int) -> np.ndarray:
-    """One training image: seeded by (seed, position), decoded, cropped, augmented, normalised."""
+  def example(self, data: bytes | None, position: int, out: np.ndarray) -> None:
+    """One training image into `out` (float32): seeded by (seed, position), decoded, cropped,
+    augmented, normalised."""
     c = self.c
     crop_seed, aug_seed = np.random.SeedSequence([c['seed'], int(position)]).spawn(2)
     image = image_ops.train_image(_decode(data), np.random.default_rng(crop_seed),
@@ -70,20 +71,23 @@ class _TrainBatch:
       else:
         image = augment_ops.randaugment(image, rng, c['randaugment_num_layers'],
                                         c['randaugment_magnitude'])
-    return image_ops.normalize(image, c['mean'], c['std'], c['input_dtype'])
+    image_ops.normalize(image, c['mean'], c['std'], out=out)
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     c = self.c
     positions = sources.train_positions(int(step), c['batch_size'], self.pid, self.pcount)
     indices = sources.example_indices(c['seed'], positions, self.num_examples, self._cache)
     images, labels, mask = sources.read_records(self.source, indices, c['num_classes'])
-    batch = np.stack([self.example(d, q) for d, q in zip(images, positions)])
+    size = c['image_size']
+    batch = np.empty((len(positions), size, size, 3), np.float32)
+    for i, (data, position) in enumerate(zip(images, positions)):
+      self.example(data, position, batch[i])
     if c['mixup_alpha'] > 0 or c['cutmix_alpha'] > 0:
       rng = np.random.default_rng([c['seed'] + 1, int(positions[0])])
       onehot = np.eye(c['num_classes'], dtype=np.float32)[labels]
       batch, labels = augment_ops.mix_batch(batch, onehot, rng, c['mixup_alpha'],
                                             c['cutmix_alpha'])
-    return {'image': batch, 'label': labels, 'mask': mask}
+    return {'image': image_ops.cast(batch, c['input_dtype']), 'label': labels, 'mask': mask}
 
 
 def _iterate(dataset: grain.MapDataset, num_threads: int | None, num_workers: int):
@@ -129,11 +133,11 @@ class _EvalBatch:
     p, sl = self.prep, slice(b * self.local, (b + 1) * self.local)
     images, labels, ok = sources.read_records(self.source, self.indices[sl], self.num_classes,
                                               self.label_key)
-    batch = np.stack([
-        image_ops.normalize(image_ops.eval_image(_decode(d), p.image_size, p.interpolation,
-                                                 p.crop_fraction),
-                            p.mean_rgb, p.std_rgb, p.input_dtype) for d in images])
-    return {'image': batch, 'label': labels, 'mask': ok * self.valid[sl]}
+    batch = np.empty((len(images), p.image_size, p.image_size, 3), np.float32)
+    for i, data in enumerate(images):
+      image = image_ops.eval_image(_decode(data), p.image_size, p.interpolation, p.crop_fraction)
+      image_ops.normalize(image, p.mean_rgb, p.std_rgb, out=batch[i])
+    return {'image': image_ops.cast(batch, p.input_dtype), 'label': labels, 'mask': ok * self.valid[sl]}
 
 
 def eval_iterator(source, prep: image_ops.Preprocessing, batch_size: int, num_classes: int, *,

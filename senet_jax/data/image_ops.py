@@ -1,8 +1,10 @@
-"""ImageNet preprocessing without TensorFlow: Pillow decodes, numpy crops, resizes, normalises.
+"""ImageNet preprocessing without TensorFlow: libjpeg-turbo / Pillow decode, numpy crops,
+resizes, normalises.
 
 The Grain backend's twin of preprocess.py (tf.data), same definitions:
-- decode: Pillow (JPEG, PNG, GIF, BMP by content; grayscale / CMYK / palette made RGB;
-  truncated JPEGs decoded as far as their data goes, as TF's try_recover_truncated).
+- decode: libjpeg-turbo through simplejpeg for JPEGs with TF's decoder settings (bitwise the
+  tf.data path's pixels); Pillow for the rest (PNG, GIF, BMP by content; CMYK JPEGs; truncated
+  JPEGs decoded as far as their data goes, as TF's try_recover_truncated).
 - resize: `resize` reproduces `tf.image.resize(..., antialias=False)` (what the TPU reference
   and preprocess.py use): half-pixel centres, Keys cubic (a = -0.5, TF's 1024-entry coefficient
   table) or linear taps, taps outside the image dropped and the rest renormalised. Pillow's
@@ -32,7 +34,28 @@ _TABLE_SIZE = 1024  # TF's bicubic coefficient table (resize_bicubic_op.cc)
 
 
 def decode(data: bytes) -> np.ndarray:
-  """Image bytes (format from the content) -> uint8 RGB array (H, W, 3)."""
+  """Image bytes (format from the content) -> uint8 RGB array (H, W, 3).
+
+  JPEGs go to libjpeg-turbo through simplejpeg with the fast integer DCT and fancy upsampling:
+  TF's `decode_jpeg` defaults, so the pixels equal the tf.data path's bit for bit (and skip
+  Pillow's copy). What it refuses (CMYK, truncated or damaged data, other formats) Pillow
+  decodes.
+  """
+  if data[:3] == b'\xff\xd8\xff':
+    try:
+      return _simplejpeg().decode_jpeg(data, colorspace='RGB', fastdct=True, fastupsample=False)
+    except ValueError:  # strict: any libjpeg warning (truncated data) or an unsupported layout
+      pass
+  return _pillow_decode(data)
+
+
+@functools.lru_cache(maxsize=1)
+def _simplejpeg():
+  import simplejpeg  # imported on first decode: importing this module has no cost
+  return simplejpeg
+
+
+def _pillow_decode(data: bytes) -> np.ndarray:
   from PIL import Image, ImageFile
   # As TF's decode_jpeg(try_recover_truncated=True): keep what a cut-off file holds. Pillow
   # has only this process-wide switch; the header check before decoding rejects broken files.
@@ -91,21 +114,35 @@ def _matrix(in_size: int, out_size: int, method: str):
                                  shape=(out_size, in_size), dtype=np.float32)
 
 
-def resize(image: np.ndarray, size: int, method: str) -> np.ndarray:
-  """size x size float32 (0..255, overshoot clipped), as tf.image.resize(antialias=False).
+@functools.lru_cache(maxsize=1024)
+def _column_matrix(in_size: int, out_size: int, channels: int, method: str, flip: bool):
+  """The column pass as a row pass: (out_size * C, in_size * C), one axis' taps per channel,
+  output columns in reverse order when `flip` (a mirrored image at no extra cost)."""
+  import scipy.sparse
+  matrix = _matrix(in_size, out_size, method)
+  if flip:
+    matrix = matrix[::-1]
+  eye = scipy.sparse.identity(channels, dtype=np.float32, format='csr')
+  return scipy.sparse.kron(matrix, eye, format='csr').astype(np.float32)
 
-  Separable: a sparse tap matrix per axis (scipy's sparse product runs the few taps per
-  output in C; 3x faster here than numpy gathers, 3 ms for 328 -> 224 bicubic).
+
+def resize(image: np.ndarray, size: int, method: str, flip: bool = False) -> np.ndarray:
+  """size x size float32 (0..255, overshoot clipped), as tf.image.resize(antialias=False);
+  mirrored left-right when `flip`.
+
+  Separable: a sparse tap matrix per axis (scipy's sparse product runs the few taps per output
+  in C). Rows first on (H, W*C); one transposed copy makes the column pass a row pass too; the
+  result is a view of that (size*C, size) buffer (`normalize` reads it in one pass). 0.4 ms
+  for 328 -> 224 bicubic, a third of gathers or of transposing back and forth.
   """
   h, w, c = image.shape
-  out = image.astype(np.float32).reshape(h, w * c)
+  rows = image.astype(np.float32).reshape(h, w * c)
   if h != size:  # at scale 1 both kernels are the identity
-    out = _matrix(h, size, method) @ out
-  out = out.reshape(size, w, c)
-  if w != size:
-    out = out.transpose(1, 0, 2).reshape(w, size * c)
-    out = (_matrix(w, size, method) @ out).reshape(size, size, c).transpose(1, 0, 2)
-  return np.clip(out, 0.0, 255.0)
+    rows = _matrix(h, size, method) @ rows
+  columns = np.ascontiguousarray(rows.T)  # (W*C, size)
+  out = _column_matrix(w, size, c, method, flip) @ columns  # (size*C, size): [x*C + ch, y]
+  np.clip(out, 0.0, 255.0, out=out)
+  return out.T.reshape(size, size, c)
 
 
 def center_crop_window(height: int, width: int, image_size: int,
@@ -175,20 +212,38 @@ def train_image(image: np.ndarray, rng: np.random.Generator, image_size: int,
   height, width = image.shape[:2]
   top, left, h, w = random_crop_window(rng, height, width, area_range)
   if (h, w) == (height, width):  # nothing found (or the whole image): the eval center crop
-    out = eval_image(image, image_size, method, fallback_crop_fraction)
-  else:
-    out = resize(image[top:top + h, left:left + w], image_size, method)
-  if flip and rng.random() < 0.5:
-    out = out[:, ::-1]
-  return out
+    top, left, size = center_crop_window(height, width, image_size, fallback_crop_fraction)
+    h = w = size
+  mirror = flip and rng.random() < 0.5
+  return resize(image[top:top + h, left:left + w], image_size, method, mirror)
 
 
 def normalize(image: np.ndarray, mean_rgb: Sequence[float], std_rgb: Sequence[float],
-              dtype: str = 'float32') -> np.ndarray:
-  """(image - mean) / std per channel in float32, cast to `dtype` ('float32', 'bfloat16')."""
-  out = image - np.asarray(mean_rgb, np.float32)  # a new float32 array, divided in place
-  out /= np.asarray(std_rgb, np.float32)
+              dtype: str = 'float32', out: np.ndarray | None = None) -> np.ndarray:
+  """(image - mean) / std per channel in float32, cast to `dtype` ('float32', 'bfloat16').
+
+  `out`: a float32 array to write into (a slot of the batch: no temporary, no stacking copy);
+  the cast to bfloat16 is then the caller's, once per batch.
+  """
+  h, w, c = image.shape
+  # Rows of W*C values against a tiled mean/std: numpy's inner loop then runs over a whole row,
+  # not over 3 channels (5x faster); a view of resize's output, of a contiguous image and of
+  # a batch slot alike.
+  result = np.subtract(image.reshape(h, w * c), _tiled(tuple(mean_rgb), w),
+                       out=None if out is None else out.reshape(h, w * c), dtype=np.float32)
+  result /= _tiled(tuple(std_rgb), w)
+  result = result.reshape(h, w, c)
+  return result if out is not None else cast(result, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _tiled(values: tuple, times: int) -> np.ndarray:
+  return np.tile(np.asarray(values, np.float32), times)
+
+
+def cast(batch: np.ndarray, dtype: str) -> np.ndarray:
+  """float32 -> `dtype` ('float32' returns `batch` itself)."""
   if dtype == 'bfloat16':
     import ml_dtypes  # a JAX dependency
-    return out.astype(ml_dtypes.bfloat16)
-  return out
+    return batch.astype(ml_dtypes.bfloat16)
+  return batch
