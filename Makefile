@@ -16,7 +16,7 @@ FAST_MALLOC_ENV = $(shell $(PY) -c 'from senet_jax.utils.allocator import print_
 # Tests use both cores of the reference machine; override with `make test PYTEST_WORKERS=4`.
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-slow test-all quickstart bench clean
+.PHONY: test test-slow test-all quickstart bench clean tf
 
 # uv (from PyPI, into the venv) installs the requirements: parallel downloads and no per-file
 # pip overhead make a fresh environment about twice as fast as pip (docs/tests.md).
@@ -30,9 +30,18 @@ $(RUNTIME_STAMP): requirements.txt
 	$(UV_INSTALL) --no-deps -e .  # the package itself: `import senet_jax` outside the clone
 	@touch $(RUNTIME_STAMP)
 
-$(STAMP): $(RUNTIME_STAMP) requirements-test.txt
+$(STAMP): $(RUNTIME_STAMP) requirements-test.txt requirements-tf.txt
 	$(UV_INSTALL) -r requirements-test.txt
 	@touch $(STAMP)
+
+# The optional TensorFlow extra (requirements-tf.txt): the tf.data backend and SavedModel /
+# TFLite / ONNX export. Training (grain), evaluation and the offline datasets do without it.
+TF_STAMP := $(VENV)/.installed-tf
+$(TF_STAMP): $(RUNTIME_STAMP) requirements-tf.txt
+	$(UV_INSTALL) -r requirements-tf.txt
+	@touch $(TF_STAMP)
+
+tf: $(TF_STAMP)
 
 # worksteal: an idle worker takes queued tests from the busy one, so one long test near the end
 # does not leave a core idle.

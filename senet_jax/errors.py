@@ -25,6 +25,13 @@ class ConfigError(SenetError, ValueError):
   exit_code = 2
 
 
+class MissingDependencyError(ConfigError, ImportError):
+  """A feature the config or command asks for needs an optional package that is not installed
+  (TensorFlow: the tf.data backend, SavedModel / TFLite / ONNX export); the message names the
+  feature and the command that installs it. Nothing was computed."""
+  exit_code = 2
+
+
 class NonFiniteError(SenetError, RuntimeError):
   """The loss, a parameter or an optimizer leaf became NaN/inf; no checkpoint of it is written
   and the last good checkpoints are kept."""

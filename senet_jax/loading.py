@@ -130,16 +130,32 @@ def read_image_bytes(path: str, max_pixels: int = MAX_PIXELS) -> bytes:
   return data
 
 
-def decode_image_file(path: str, max_pixels: int = MAX_PIXELS):
-  """The decoded uint8 image tensor of `path`; ImageError (naming the file) when it is missing,
-  over the pixel limit (read from its header, before decoding) or not decodable."""
-  import tensorflow as tf
-  from senet_jax.data import preprocess
+def decode_image_file(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """The decoded uint8 RGB array of `path` (image_ops.decode: TF's JPEG decoder settings,
+  without TensorFlow); ImageError (naming the file) when it is missing, over the pixel limit
+  (read from its header, before decoding) or not decodable, truncated files included."""
+  from senet_jax.data import image_ops
   data = read_image_bytes(path, max_pixels)
   try:
-    return preprocess.decode_image(tf.constant(data))
-  except tf.errors.OpError as err:
-    raise ImageError(f'{path}: cannot decode it ({err.message.splitlines()[0][:200]})') from None
+    return image_ops.decode(data, strict=True)
+  except Exception as err:  # noqa: BLE001 - Pillow raises several types for broken data
+    raise ImageError(f'{path}: cannot decode it ({str(err).splitlines()[0][:200]})') from None
+
+
+def eval_transform(image: np.ndarray, prep) -> np.ndarray:
+  """The eval center crop + resize of `prep` (a record.Preprocessing or Loaded), float32
+  0..255: numpy for bilinear / bicubic (tf.image.resize's pixels, no TensorFlow), TensorFlow
+  for its other methods."""
+  from senet_jax.data import image_ops
+  if prep.interpolation in image_ops.RESIZE_METHODS:
+    return np.ascontiguousarray(image_ops.eval_image(
+        image, prep.image_size, prep.interpolation, prep.eval_crop_fraction))
+  from senet_jax.utils import tf_host
+  tf_host.require_tensorflow(f'interpolation {prep.interpolation!r} (numpy has bilinear and '
+                            f'bicubic)')
+  from senet_jax.data import preprocess
+  return np.asarray(preprocess.eval_image(image, prep.image_size, prep.interpolation,
+                                          prep.eval_crop_fraction))
 
 
 def preprocess_images(paths: list[str], loaded: Loaded, max_pixels: int = MAX_PIXELS
@@ -149,19 +165,16 @@ def preprocess_images(paths: list[str], loaded: Loaded, max_pixels: int = MAX_PI
   Returns (batch, shown, paths kept, one error line per skipped file); batch and shown are
   None when no file could be used.
   """
-  import tensorflow as tf
-  from senet_jax.data import preprocess
+  from senet_jax.data import image_ops
   batch, shown, kept, errors = [], [], [], []
   for path in paths:
     try:
-      image = decode_image_file(path, max_pixels)
+      image = eval_transform(decode_image_file(path, max_pixels), loaded)
     except ImageError as err:
       errors.append(str(err))
       continue
-    image = preprocess.eval_image(image, loaded.image_size, loaded.interpolation,
-                                  loaded.eval_crop_fraction)
-    shown.append(np.asarray(tf.cast(tf.round(image), tf.uint8)))
-    batch.append(np.asarray(preprocess.normalize(image, loaded.mean_rgb, loaded.std_rgb)))
+    shown.append(np.round(image).astype(np.uint8))
+    batch.append(image_ops.normalize(image, loaded.mean_rgb, loaded.std_rgb))
     kept.append(path)
   if not kept:
     return None, None, kept, errors

@@ -62,21 +62,27 @@ def test_summary_lists_params_before_batch_stats_whatever_order_flax_gives(model
   assert header.index('params') < header.index('batch_stats'), header
 
 
-def test_onnx_without_tf2onnx_fails_before_anything_is_converted(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize('fmt,package', [('onnx', 'tf2onnx'), ('savedmodel', 'tensorflow'),
+                                         ('tflite', 'tensorflow')])
+def test_export_without_its_converter_fails_before_anything_is_converted(
+    fmt, package, tmp_path, monkeypatch, capsys):
+  """TensorFlow and tf2onnx are the optional extra (requirements-tf.txt): missing, the export
+  names the package and the command that installs it, before reading the checkpoint."""
   from senet_jax.export import serving
   from senet_jax.export.__main__ import main
-  monkeypatch.setitem(sys.modules, 'tf2onnx', None)  # as if it were not installed
+  monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
 
   def loaded(*args, **kwargs):
-    raise AssertionError('the checkpoint was read before the missing tf2onnx was reported')
+    raise AssertionError(f'the checkpoint was read before the missing {package} was reported')
   monkeypatch.setattr(serving, 'load', loaded)  # (the TFLite conversion came after it)
-  code = main([f'--checkpoint={tmp_path}', '--format=onnx', f'--output={tmp_path / "m.onnx"}'])
+  output = tmp_path / f'model.{fmt}'
+  code = main([f'--checkpoint={tmp_path}', f'--format={fmt}', f'--output={output}'])
   err = capsys.readouterr().err
   assert code == 2
   assert err.strip().splitlines() == [
-      'error: --format=onnx needs tf2onnx, which is not installed (pip install tf2onnx); '
-      'nothing was converted']
-  assert not os.path.exists(tmp_path / 'm.onnx')
+      f'error: --format={fmt} needs {package}, which is not installed (make tf, or pip '
+      f'install -r requirements-tf.txt); nothing was converted']
+  assert not os.path.exists(output)
 
 
 def test_init_from_reads_a_checkpoint_without_orbax_warnings(tmp_path, caplog):

@@ -1,4 +1,5 @@
-"""A training process on config.input_backend='grain' never imports TensorFlow (issue 33).
+"""A training process on config.input_backend='grain' (the default) never imports TensorFlow,
+and runs where it is not installed (issue 33).
 
 The pieces that used to load it on that path, each replaced: clu's metric_writers (its package
 imports the TF SummaryWriter) -> writers.TensorBoardWriter; main.py's up-front import to hide
@@ -13,15 +14,39 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The real command line (senet_jax.main.run: flags, validation, trainer, TensorBoard writer,
+# TensorFlow made uninstalled (every finder answers "no such module" for it, as in an
+# environment from requirements.txt alone), then the real command line (senet_jax.main.run:
+# flags, validation, a first build of the digits dataset, trainer, TensorBoard writer,
 # checkpoints, evaluation), then sys.modules once training has returned. app.run ends a
 # successful run with SystemExit(0).
 _DRIVER = '''
-import sys
+import importlib.util, sys
+
+class NoTensorFlow:
+  def __init__(self, finder):
+    self.finder = finder
+  def find_spec(self, name, path=None, target=None):
+    if name == 'tensorflow' or name.startswith('tensorflow.'):
+      return None
+    return self.finder.find_spec(name, path, target)
+  def __getattr__(self, name):
+    return getattr(self.finder, name)
+
+sys.meta_path[:] = [NoTensorFlow(f) for f in sys.meta_path]
+assert importlib.util.find_spec('tensorflow') is None
+
+import ml_collections
+from senet_jax import errors
+from senet_jax.data import pipeline
+try:
+  pipeline.make_train_iterator(ml_collections.ConfigDict({'input_backend': 'tfdata'}), None)
+except errors.MissingDependencyError as err:
+  print('TFDATA_ERROR', err.exit_code, err)
+
 from senet_jax import main
 # config_flags defines the --config.X overrides from sys.argv: set it, as `python main.py` does.
 sys.argv = ['main.py', '--config=tests/helpers/tiny_config.py', '--workdir=' + sys.argv[1],
-            '--config.data_dir=' + sys.argv[2], '--config.input_backend=grain']
+            '--config.data_dir=' + sys.argv[2]]
 try:
   main.run()
 except SystemExit as stop:
@@ -31,12 +56,18 @@ print('TF_MODULES', loaded)
 '''
 
 
-def test_grain_training_process_imports_no_tensorflow(digits_dir, tmp_path):
-  workdir = str(tmp_path / 'run')
-  done = subprocess.run([sys.executable, '-c', _DRIVER, workdir, digits_dir], cwd=ROOT,
+def test_training_runs_without_tensorflow_installed(tmp_path):
+  """Issue 33: requirements.txt has no TensorFlow. With it uninstallable, the default (grain)
+  run builds the offline digits dataset, trains, checkpoints, evaluates and writes TensorBoard
+  events; the tf.data backend is refused in one line naming the extra that installs it."""
+  workdir, data_dir = str(tmp_path / 'run'), str(tmp_path / 'tfds')
+  done = subprocess.run([sys.executable, '-c', _DRIVER, workdir, data_dir], cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
+  assert ("TFDATA_ERROR 2 config.input_backend='tfdata' needs TensorFlow, which is not "
+          "installed (make tf, or pip install -r requirements-tf.txt)") in done.stdout
   assert 'final eval: ' in done.stdout  # it trained (6 steps) and evaluated
+  assert glob.glob(os.path.join(data_dir, 'senet_digits', '*', '*', '*.array_record*'))
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
   assert 'TF_MODULES []' in done.stdout, done.stdout[-2000:]
 

@@ -46,7 +46,7 @@ class Preprocessing:
   side (<= 0: the official res / (res + 32)), resize to `image_size` with `interpolation`, then
   `(pixels - mean_rgb) / std_rgb` on 0..255 values.
 
-  `input_dtype` and `input_backend` ('tfdata' or 'grain') say how this host computes it; they
+  `input_dtype` and `input_backend` ('grain' or 'tfdata') say how this host computes it; they
   are run-time choices, not facts of the weights, so they are neither stored (`STORED`) nor
   compared.
   """
@@ -56,7 +56,7 @@ class Preprocessing:
   mean_rgb: tuple
   std_rgb: tuple
   input_dtype: str = dataclasses.field(default='float32', compare=False)
-  input_backend: str = dataclasses.field(default='tfdata', compare=False)
+  input_backend: str = dataclasses.field(default='grain', compare=False)
 
   STORED: ClassVar[tuple[str, ...]] = ('image_size', 'eval_crop_fraction', 'interpolation',
                                        'mean_rgb', 'std_rgb')
@@ -77,7 +77,7 @@ class Preprocessing:
     """The training config's eval preprocessing (the config's field names are the record's)."""
     return cls(config.image_size, config.eval_crop_fraction, config.interpolation,
                tuple(config.mean_rgb), tuple(config.std_rgb), config.input_dtype,
-               config.get('input_backend', 'tfdata'))
+               config.get('input_backend', 'grain'))
 
   @classmethod
   def from_json(cls, d: dict) -> 'Preprocessing':

@@ -152,10 +152,11 @@ SCHEMA = _unique((
           'Inception random crop: fraction of the image area'),
     Field('random_flip', True, boolean, 'horizontal flip at training time'),
     Field('input_dtype', 'float32', choice(*_DTYPES), 'dtype of the batches the pipeline yields'),
-    # 'tfdata' (TensorFlow decodes and augments) or 'grain' (Grain + Pillow/numpy, no
-    # TensorFlow: senet_jax/data/grain_pipeline.py, which checks its interpolations). Same order
-    # and resume; other random draws.
-    Field('input_backend', 'tfdata', choice('tfdata', 'grain'), 'input pipeline backend'),
+    # 'grain' (Grain + libjpeg-turbo/numpy, no TensorFlow: senet_jax/data/grain_pipeline.py,
+    # bilinear/bicubic) or 'tfdata' (TensorFlow decodes and augments; the optional extra,
+    # requirements-tf.txt). Same order and resume; other random draws. validate.check_data
+    # checks the pair before compute.
+    Field('input_backend', 'grain', choice('grain', 'tfdata'), 'input pipeline backend'),
     Field('augment', 'none', choice('none', 'autoaugment', 'randaugment'),
           "'autoaugment' is policy v0"),
     Field('randaugment_num_layers', 2, integer(0), 'RandAugment N'),

@@ -113,6 +113,12 @@ def check_data(config, eval_only: bool = False) -> None:
   """Opens the train and eval splits so a missing dataset or an empty split fails before
   compute, then checks the config against them (check_against_data)."""
   from senet_jax.data import pipeline
+  if config.get('input_backend') == 'tfdata':  # the optional extra (requirements-tf.txt)
+    from senet_jax.utils import tf_host
+    tf_host.require_tensorflow("config.input_backend='tfdata'")
+  else:
+    from senet_jax.data import grain_pipeline
+    grain_pipeline.check_interpolation(config.interpolation)
   fields = ('eval_split',) if eval_only else ('train_split', 'eval_split')
   sources = {field: _open_split(pipeline, config, field) for field in fields}
   try:

@@ -17,10 +17,13 @@ One test-split digit as a PNG file (an input for the tools `senet_jax.tools.cam`
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from senet_jax.data import image_ops
 
 NAME = 'senet_digits'
 NUM_CLASSES = 10
@@ -62,8 +65,9 @@ class SenetDigits(tfds.core.GeneratorBasedBuilder):
             'test': self._generate_examples(images, labels, test_idx)}
 
   def _generate_examples(self, images, labels, indices):
+    # PNG bytes, not arrays: TFDS encodes arrays with TensorFlow, bytes it stores as they are.
     for i in indices:
-      yield int(i), {'image': images[i], 'label': int(labels[i])}
+      yield int(i), {'image': io.BytesIO(image_ops.encode_png(images[i])), 'label': int(labels[i])}
 
   # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
   # prepared" for every dataset it builds; nothing is downloaded here (build() says what it does).
@@ -75,14 +79,18 @@ class SenetDigits(tfds.core.GeneratorBasedBuilder):
 
 
 def load_images(resolution: int) -> tuple[np.ndarray, np.ndarray]:
-  """All 1,797 digits as uint8 RGB images of `resolution` pixels, and their labels."""
-  import tensorflow as tf
+  """All 1,797 digits as uint8 RGB images of `resolution` pixels, and their labels.
+
+  Upscaled as tf.image.resize(method='bilinear') does (image_ops.resize reproduces it; the
+  dataset's pixels are the same as when TensorFlow built it, tested), without TensorFlow.
+  """
   from sklearn.datasets import load_digits
   digits = load_digits()
   gray = digits.images.astype(np.float32) * (255.0 / 16.0)  # values are 0..16
-  resized = tf.image.resize(gray[..., None], (resolution, resolution), method='bilinear')
-  rgb = np.repeat(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8), 3, axis=-1)
+  resized = np.stack([image_ops.resize(g[..., None], resolution, 'bilinear') for g in gray])
+  rgb = np.repeat(np.clip(np.round(resized), 0, 255).astype(np.uint8), 3, axis=-1)
   return rgb, digits.target.astype(np.int64)
+
 
 
 def stratified_split(labels: np.ndarray, seed: int = 0):
@@ -124,12 +132,12 @@ def build(data_dir: str | None = None, resolution: int = 32) -> tfds.core.Datase
 def write_png(path: str, index: int = 0, resolution: int = 64) -> int:
   """Writes the `index`-th digit of the test split (as the dataset stores it at `resolution`)
   to the PNG file `path`; returns its label."""
-  import tensorflow as tf
   images, labels = load_images(resolution)
   _, test = stratified_split(labels)
   if not 0 <= index < len(test):
     raise ValueError(f'--index={index}: the test split has {len(test)} digits (0..{len(test) - 1})')
-  tf.io.write_file(path, tf.io.encode_png(images[test[index]]))
+  with open(path, 'wb') as f:
+    f.write(image_ops.encode_png(images[test[index]]))
   return int(labels[test[index]])
 
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import os
 import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from senet_jax.data import image_ops
 
 NAME = 'senet_fashion_mnist'
 NUM_CLASSES = 10
@@ -123,7 +126,9 @@ class SenetFashionMnist(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, images, labels):
     for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {'image': pad_image(image), 'label': int(label)}
+      # PNG bytes: TFDS would encode an array with TensorFlow.
+      yield i, {'image': io.BytesIO(image_ops.encode_png(pad_image(image)[..., 0])),
+                'label': int(label)}
 
 
 def build(data_dir: str | None = None, idx_dir: str = DEBIAN_DIR) -> tfds.core.DatasetBuilder:

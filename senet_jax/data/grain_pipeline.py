@@ -1,14 +1,14 @@
 """TFDS -> per-process numpy batches with Grain: pipeline.py's design without TensorFlow.
 
-`config.input_backend='grain'`. The same sources (`sources.open_source`: TFDS data sources over
-ArrayRecord, which import no TensorFlow), the same order (`train_positions` /
+`config.input_backend='grain'` (the default). The same sources (`sources.open_source`: TFDS
+data sources over ArrayRecord, which import no TensorFlow), the same order (`train_positions` /
 `example_indices`: a pure function of (seed, step)), the same one-integer state (`next_step`:
 `TrainIterator(..., start_step=next_step)` resumes) and the same padded, masked evaluation
-layout (`eval_layout`). Decoding and augmentation: image_ops.py (Pillow decode, TF-exact numpy
-resize and crops) and augment_ops.py (AutoAugment / RandAugment / mixup / cutmix, the ops of
-augment.py from the shared table). Per-example randomness: a numpy Generator seeded by
-(seed, example position) (mixing: (seed + 1, first position of the batch)), as the tf.data
-path seeds TF's stateless RNG; the streams differ from TF's, the determinism does not.
+layout (`eval_layout`). Decoding and augmentation: image_ops.py (libjpeg-turbo / Pillow
+decode, TF-exact numpy resize and crops) and augment_ops.py (AutoAugment / RandAugment / mixup /
+cutmix, the ops of augment.py from the shared table). Per-example randomness: a numpy Generator
+seeded by (seed, example position) (mixing: (seed + 1, first position of the batch)), as the
+tf.data path seeds TF's stateless RNG; the streams differ from TF's, the determinism does not.
 
 Grain: a `MapDataset` over steps (element = one local batch, so worker processes never change
 which examples form a batch), read ahead by `num_threads` threads, optionally in `num_workers`
@@ -31,10 +31,12 @@ _LAST_STEP = 2 ** 62  # an unbounded stream of steps (a MapDataset needs a lengt
 _PLACEHOLDER = np.zeros((8, 8, 3), np.uint8)  # undecodable examples (masked out)
 
 
-def _check(config) -> None:
-  if config.interpolation not in image_ops.RESIZE_METHODS:
-    raise ConfigError(f"config.interpolation={config.interpolation!r} is not yet on "
-                      f"input_backend='grain' (it has {list(image_ops.RESIZE_METHODS)})")
+def check_interpolation(method: str) -> None:
+  """ConfigError naming the field unless this backend reproduces `method`."""
+  if method not in image_ops.RESIZE_METHODS:
+    raise ConfigError(f"config.interpolation={method!r} is not on input_backend='grain' (it "
+                      f"has {list(image_ops.RESIZE_METHODS)}); --config.input_backend=tfdata "
+                      f"has every tf.image.resize method")
 
 
 def _decode(data: bytes | None) -> np.ndarray:
@@ -115,7 +117,7 @@ class TrainIterator(sources.StepStream):
   def __init__(self, config, source, *, start_step: int = 0, process_index: int = 0,
                process_count: int = 1, device_count: int = 1, num_threads: int | None = None,
                num_workers: int = 0):
-    _check(config)
+    check_interpolation(config.interpolation)
     self._start(config.batch_size, len(source), start_step, device_count, process_count)
     fn = _TrainBatch(config, source, process_index, process_count)
     self._iter = _iterate(grain.MapDataset.range(start_step, _LAST_STEP).map(fn),
@@ -137,7 +139,8 @@ class _EvalBatch:
     for i, data in enumerate(images):
       image = image_ops.eval_image(_decode(data), p.image_size, p.interpolation, p.crop_fraction)
       image_ops.normalize(image, p.mean_rgb, p.std_rgb, out=batch[i])
-    return {'image': image_ops.cast(batch, p.input_dtype), 'label': labels, 'mask': ok * self.valid[sl]}
+    return {'image': image_ops.cast(batch, p.input_dtype), 'label': labels,
+            'mask': ok * self.valid[sl]}
 
 
 def eval_iterator(source, prep: image_ops.Preprocessing, batch_size: int, num_classes: int, *,
@@ -147,9 +150,7 @@ def eval_iterator(source, prep: image_ops.Preprocessing, batch_size: int, num_cl
   """Padded, masked local eval batches covering this process's shard exactly once
   (pipeline.eval_iterator's contract: `batch_size` is global, `label_key` 'label' or a
   multi-hot sequence feature)."""
-  if prep.interpolation not in image_ops.RESIZE_METHODS:
-    raise ConfigError(f"interpolation {prep.interpolation!r} is not yet on input_backend="
-                      f"'grain' (it has {list(image_ops.RESIZE_METHODS)})")
+  check_interpolation(prep.interpolation)
   local = sources.check_batch_size(batch_size, device_count, process_count, 'eval_batch_size')
   indices, valid = sources.eval_layout(len(source), local, process_index, process_count)
   fn = _EvalBatch(source, prep, num_classes, label_key, indices, valid, local)

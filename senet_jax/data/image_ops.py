@@ -33,20 +33,30 @@ RESIZE_METHODS = ('bilinear', 'bicubic')  # what this module reproduces of tf.im
 _TABLE_SIZE = 1024  # TF's bicubic coefficient table (resize_bicubic_op.cc)
 
 
-def decode(data: bytes) -> np.ndarray:
+def decode(data: bytes, strict: bool = False) -> np.ndarray:
   """Image bytes (format from the content) -> uint8 RGB array (H, W, 3).
 
   JPEGs go to libjpeg-turbo through simplejpeg with the fast integer DCT and fancy upsampling:
   TF's `decode_jpeg` defaults, so the pixels equal the tf.data path's bit for bit (and skip
   Pillow's copy). What it refuses (CMYK, truncated or damaged data, other formats) Pillow
-  decodes.
+  decodes, keeping what a cut-off file holds (as TF's try_recover_truncated) unless `strict`
+  (then it raises: the tools' single files).
   """
   if data[:3] == b'\xff\xd8\xff':
     try:
       return _simplejpeg().decode_jpeg(data, colorspace='RGB', fastdct=True, fastupsample=False)
     except ValueError:  # strict: any libjpeg warning (truncated data) or an unsupported layout
       pass
-  return _pillow_decode(data)
+  return _pillow_decode(data, recover_truncated=not strict)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """uint8 (H, W) or (H, W, C) -> PNG bytes (Pillow; lossless: any encoder stores these pixels).
+  What the offline dataset builders hand TFDS, which would encode an array with TensorFlow."""
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format='PNG')
+  return buf.getvalue()
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,11 +65,12 @@ def _simplejpeg():
   return simplejpeg
 
 
-def _pillow_decode(data: bytes) -> np.ndarray:
+def _pillow_decode(data: bytes, recover_truncated: bool = True) -> np.ndarray:
   from PIL import Image, ImageFile
   # As TF's decode_jpeg(try_recover_truncated=True): keep what a cut-off file holds. Pillow
-  # has only this process-wide switch; the header check before decoding rejects broken files.
-  ImageFile.LOAD_TRUNCATED_IMAGES = True
+  # has only this process-wide switch (set on every call: a process either trains or runs a
+  # tool); the header check before decoding rejects broken files.
+  ImageFile.LOAD_TRUNCATED_IMAGES = recover_truncated
   with Image.open(io.BytesIO(data)) as img:
     if img.mode != 'RGB':  # L, CMYK, P, RGBA (alpha dropped, as decode_image(channels=3))
       img = img.convert('RGB')

@@ -7,10 +7,11 @@ seeded by (seed, q). So restoring the iterator at step k costs nothing (no repla
 buffer in the checkpoint; the state is one integer), every process reads disjoint examples, and
 the result does not depend on decode parallelism. This needs random access to records: TFDS
 `data_source`s over ArrayRecord files (what MaxText uses). Decoding and augmentation run in
-`tf.data` with parallel maps (tfdata_pipeline.py) or, with config.input_backend='grain', in
-Grain with Pillow/numpy (grain_pipeline.py). This module routes (`make_train_iterator`,
-`eval_iterator`) and re-exports the shared, TensorFlow-free parts (sources.py: sources, order,
-evaluation layout); it imports TensorFlow only when a tf.data iterator is built.
+Grain with libjpeg-turbo/numpy (grain_pipeline.py; config.input_backend='grain', the default)
+or in `tf.data` with parallel maps (tfdata_pipeline.py; 'tfdata', the TensorFlow extra). This
+module routes (`make_train_iterator`, `eval_iterator`) and re-exports the shared,
+TensorFlow-free parts (sources.py: sources, order, evaluation layout); it imports TensorFlow
+only when a tf.data iterator is built.
 
 Evaluation: each process takes a contiguous shard of the split; all processes run the same number
 of batches, the missing tail padded and masked (mask 0), so metrics are exact over the split.
@@ -22,6 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from senet_jax.data.image_ops import Preprocessing
+from senet_jax.utils import tf_host
 # Re-exported: callers use pipeline.open_source & co. (they are TensorFlow-free, in sources.py).
 from senet_jax.data.sources import (  # noqa: F401
     InMemorySource, check_batch_size, epoch_permutation, eval_layout, eval_shard,
@@ -31,9 +33,10 @@ from senet_jax.data.sources import (  # noqa: F401
 
 def make_train_iterator(config, source, **kwargs):
   """The training iterator of `config.input_backend`: TrainIterator (tf.data) or Grain's."""
-  if config.get('input_backend', 'tfdata') == 'grain':
+  if config.get('input_backend', 'grain') == 'grain':
     from senet_jax.data import grain_pipeline
     return grain_pipeline.TrainIterator(config, source, **kwargs)
+  tf_host.require_tensorflow("config.input_backend='tfdata'")
   from senet_jax.data import tfdata_pipeline
   return tfdata_pipeline.TrainIterator(config, source, **kwargs)
 
@@ -53,6 +56,7 @@ def eval_iterator(source, prep: Preprocessing, batch_size: int, num_classes: int
         source, prep, batch_size, num_classes, process_index=process_index,
         process_count=process_count, device_count=device_count, label_key=label_key)
     return
+  tf_host.require_tensorflow("input_backend='tfdata'")
   from senet_jax.data import tfdata_pipeline
   yield from tfdata_pipeline.eval_iterator(
       source, prep, batch_size, num_classes, process_index=process_index,

@@ -49,19 +49,21 @@ def load(checkpoint: str) -> Servable:
                      'model': model})
 
 
-# The package each format's conversion needs beyond requirements.txt (requirements-test.txt
+# The packages each format's conversion needs beyond requirements.txt (requirements-tf.txt
 # has them): checked before the checkpoint is read, not after a SavedModel and TFLite ran.
-FORMAT_PACKAGES = {'onnx': 'tf2onnx'}
+FORMAT_PACKAGES = {'savedmodel': ('tensorflow',), 'tflite': ('tensorflow',),
+                   'tflite_int8': ('tensorflow',), 'onnx': ('tensorflow', 'tf2onnx')}
 
 
 def check_tools(fmt: str) -> None:
   """Raises ExportError when `fmt` is unknown or its converter package is not installed."""
   if fmt not in FORMATS:
     raise ExportError(f'--format={fmt!r}: expected one of {", ".join(FORMATS)}')
-  package = FORMAT_PACKAGES.get(fmt)
-  if package and importlib.util.find_spec(package) is None:
-    raise ExportError(f'--format={fmt} needs {package}, which is not installed (pip install '
-                      f'{package}); nothing was converted')
+  from senet_jax.utils.tf_host import TF_INSTALL
+  for package in FORMAT_PACKAGES.get(fmt, ()):
+    if importlib.util.find_spec(package) is None:
+      raise ExportError(f'--format={fmt} needs {package}, which is not installed '
+                        f'({TF_INSTALL}); nothing was converted')
 
 
 def check_supported(servable: Servable, fmt: str) -> None:

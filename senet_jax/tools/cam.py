@@ -175,9 +175,8 @@ def load_images(paths: list[str], prep) -> tuple[np.ndarray | None, list[np.ndar
   image or over the pixel limit (checked from its header, before decoding) is skipped with one
   error line naming it; batch is None when no file could be used.
   """
-  import tensorflow as tf
-  from senet_jax.loading import ImageError, decode_image_file
-  from senet_jax.data import preprocess
+  from senet_jax.data import image_ops
+  from senet_jax.loading import ImageError, decode_image_file, eval_transform
   batch, crops, kept, errors = [], [], [], []
   for path in paths:
     try:
@@ -185,12 +184,10 @@ def load_images(paths: list[str], prep) -> tuple[np.ndarray | None, list[np.ndar
     except ImageError as err:
       errors.append(str(err))
       continue
-    shape = tf.shape(image)
-    top, left, size = (int(v) for v in preprocess.center_crop_window(
-        shape[0], shape[1], prep.image_size, prep.eval_crop_fraction))
-    crops.append(np.asarray(image)[top:top + size, left:left + size])
-    x = preprocess.eval_image(image, prep.image_size, prep.interpolation, prep.eval_crop_fraction)
-    batch.append(np.asarray(preprocess.normalize(x, prep.mean_rgb, prep.std_rgb)))
+    top, left, size = image_ops.center_crop_window(image.shape[0], image.shape[1],
+                                                   prep.image_size, prep.eval_crop_fraction)
+    crops.append(image[top:top + size, left:left + size])
+    batch.append(image_ops.normalize(eval_transform(image, prep), prep.mean_rgb, prep.std_rgb))
     kept.append(path)
   return (np.stack(batch) if batch else None), crops, kept, errors
 

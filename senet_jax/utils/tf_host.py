@@ -14,6 +14,21 @@ import importlib.util
 import sys
 
 
+# TensorFlow is an optional extra (requirements-tf.txt): how a user installs it.
+TF_INSTALL = 'make tf, or pip install -r requirements-tf.txt'
+
+
+def require_tensorflow(purpose: str) -> None:
+  """MissingDependencyError ("`purpose` needs TensorFlow, which is not installed (...)") when
+  TensorFlow is not installed; looked up, not imported (a config check costs no TF import)."""
+  if 'tensorflow' in sys.modules and sys.modules['tensorflow'] is not None:
+    return
+  if importlib.util.find_spec('tensorflow') is None:
+    from senet_jax.errors import MissingDependencyError
+    raise MissingDependencyError(f'{purpose} needs TensorFlow, which is not installed '
+                                 f'({TF_INSTALL})')
+
+
 def hide_accelerators(tf) -> None:
   """Makes GPUs and TPUs invisible to TensorFlow (module `tf`): JAX owns them."""
   tf.config.set_visible_devices([], 'GPU')
