@@ -9,7 +9,7 @@ elapsed time at each mark, whether TensorFlow was loaded, and the process's CPU 
     T0=$(date +%s.%N); python benchmarks/first_batch.py --data_dir=/tmp/tfds --t0=$T0
 
 Run it from a checkout's root (it imports that checkout's senet_jax and configs); the digits
-dataset is built in --data_dir first if missing (that build imports TensorFlow: run once).
+dataset is built in --data_dir first if missing (without TensorFlow since issue 33; run once).
 """
 import argparse
 import os
