@@ -3,7 +3,7 @@ r"""Host-side input pipeline throughput: ImageNet preprocessing on synthetic JPE
     python benchmarks/input_pipeline.py --augment=none
     python benchmarks/input_pipeline.py --augment=randaugment --backends=tfdata,grain,timm
 
-Backends: 'tfdata' (pipeline.py), 'grain' (grain_pipeline.py: Grain + Pillow/numpy, no
+Backends: 'tfdata' (pipeline.py), 'grain' (grain_pipeline.py: Grain + libjpeg-turbo/numpy, no
 TensorFlow) and 'timm' (timm's PIL `create_transform` + a torch DataLoader, for reference).
 Each runs training preprocessing (random resized crop, flip, --augment: --steps batches after 3
 warm-up ones) and eval preprocessing (center crop + resize: one pass over the images, the
@@ -163,8 +163,8 @@ def main(argv=None):
         f'batch {args.batch}, {args.steps} batches, workers {args.workers}, {cores} cores, '
         f'{args.rounds} alternating rounds (median), each backend in its own process')
   runs = {name: [] for name in names}
-  flags = [a for a in (argv if argv is not None else sys.argv[1:])
-           if not a.startswith('--backends') and not a.startswith('--rounds')]
+  flags = [f'--{k}={getattr(args, k)}' for k in ('num_images', 'batch', 'steps', 'image_size',
+                                                  'augment', 'workers')]
   for _ in range(args.rounds):
     for name in names:
       out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child',

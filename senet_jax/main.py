@@ -166,7 +166,7 @@ def run(argv=None) -> None:
   if env is not None:  # the command line as python got it: `python -m senet_jax.main` stays -m
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
   xla_flags.configure_xla_cpu()  # Eigen convolutions: faster than YNNPACK's on CPU
-  quiet.tensorflow_banners()  # TensorFlow only decodes and resizes images here
+  quiet.tensorflow_banners()  # if TensorFlow is loaded (tf.data backend), no banners
   from absl import app
   _define_flags()
   sys.modules['__main__'].__doc__ = __doc__  # absl's --help prints it (senet-train's has none)

@@ -13,6 +13,7 @@ from PIL import Image
 from configs import default
 from senet_jax.data import (augment, augment_ops, augment_table, grain_pipeline, image_ops,
                             preprocess, sources)
+from senet_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,8 +61,8 @@ def test_eval_preprocessing_matches_tfdata_on_jpegs(method):
 
 @pytest.mark.parametrize('kind', ['jpeg_gray', 'jpeg_cmyk', 'png', 'jpeg_truncated'])
 def test_decode_handles_imagenet_oddities_as_tfdata_does(kind):
-  """Grayscale, CMYK, PNG and truncated JPEGs: the tf.data decoder's pixels, within the
-  DCT difference where Pillow takes over (CMYK, truncated)."""
+  """Grayscale, CMYK, PNG and truncated JPEGs: the tf.data decoder's pixels, bit for bit but
+  for the DCT difference where Pillow takes over (truncated JPEGs)."""
   smooth = np.asarray(Image.open(io.BytesIO(photo_jpeg(64, 48, 2))).convert('RGB'))
   image = Image.fromarray(smooth if kind != 'jpeg_gray' else smooth[..., 0])
   buf = io.BytesIO()
@@ -75,12 +76,11 @@ def test_decode_handles_imagenet_oddities_as_tfdata_does(kind):
   theirs = preprocess.decode_image(tf.constant(data)).numpy()
   assert mine.shape == theirs.shape and mine.dtype == np.uint8
   diff = np.abs(mine.astype(int) - theirs)
-  if kind in ('jpeg_gray', 'png'):
+  if kind != 'jpeg_truncated':  # libjpeg-turbo with TF's settings (CMYK: TF's formula)
     assert diff.max() == 0
-  else:  # Pillow's accurate DCT against TF's fast one (truncated: the rows both recovered)
-    rows = slice(0, 64) if kind == 'jpeg_truncated' else slice(None)
-    assert diff[rows].mean() <= 1.1 and diff[rows].max() <= 6
-  if kind == 'jpeg_truncated':  # what neither could decode is the same grey in both
+  else:  # Pillow's accurate DCT against TF's fast one on the rows both recovered
+    assert diff[:64].mean() <= 1.1 and diff[:64].max() <= 6
+    # what neither could decode is the same grey in both
     assert diff[112:].max() == 0 and (mine[112:] == 128).all()
 
 
@@ -212,6 +212,24 @@ def test_eval_counts_every_example_once_with_padding():
     for b in local:
       seen += [int(l) for l, m in zip(b['label'], b['mask']) if m == 1]
   assert sorted(seen) == list(range(10)) and lengths == {2}  # ceil(ceil(10/3) / 2)
+
+
+def test_a_record_with_a_resize_method_grain_lacks_evaluates_on_tfdata():
+  """The tools evaluate a stored record on grain by default; a method only tf.data has (area)
+  runs there instead of failing (a training config is refused before compute)."""
+  from senet_jax.data import pipeline
+  source = small_source(n=4)
+  prep = image_ops.Preprocessing(32, 1.0, 'area', (0.0,) * 3, (1.0,) * 3)
+  assert prep.input_backend == 'grain'
+  routed = next(pipeline.eval_iterator(source, prep, 4, 24))
+  tfdata = image_ops.Preprocessing(32, 1.0, 'area', (0.0,) * 3, (1.0,) * 3,
+                                   input_backend='tfdata')
+  np.testing.assert_array_equal(routed['image'],
+                                next(pipeline.eval_iterator(source, tfdata, 4, 24))['image'])
+  config = grain_config(interpolation='area')
+  with pytest.raises(ConfigError, match=r"config.interpolation='area' is not on "
+                                        r"input_backend='grain'.*--config.input_backend=tfdata"):
+    grain_pipeline.check_interpolation(config.interpolation)
 
 
 def test_undecodable_images_are_masked_and_counted():

@@ -92,7 +92,6 @@ def load_images(resolution: int) -> tuple[np.ndarray, np.ndarray]:
   return rgb, digits.target.astype(np.int64)
 
 
-
 def stratified_split(labels: np.ndarray, seed: int = 0):
   """Fixed stratified split: TEST_FRACTION of every class goes to 'test'."""
   rng = np.random.RandomState(seed)

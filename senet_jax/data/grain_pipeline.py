@@ -84,12 +84,13 @@ class _TrainBatch:
     batch = np.empty((len(positions), size, size, 3), np.float32)
     for i, (data, position) in enumerate(zip(images, positions)):
       self.example(data, position, batch[i])
+    batch = image_ops.cast(batch, c['input_dtype'])  # then mixed, as augment.mix_batch does
     if c['mixup_alpha'] > 0 or c['cutmix_alpha'] > 0:
       rng = np.random.default_rng([c['seed'] + 1, int(positions[0])])
       onehot = np.eye(c['num_classes'], dtype=np.float32)[labels]
       batch, labels = augment_ops.mix_batch(batch, onehot, rng, c['mixup_alpha'],
                                             c['cutmix_alpha'])
-    return {'image': image_ops.cast(batch, c['input_dtype']), 'label': labels, 'mask': mask}
+    return {'image': batch, 'label': labels, 'mask': mask}
 
 
 def _iterate(dataset: grain.MapDataset, num_threads: int | None, num_workers: int):

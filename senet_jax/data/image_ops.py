@@ -3,8 +3,8 @@ resizes, normalises.
 
 The Grain backend's twin of preprocess.py (tf.data), same definitions:
 - decode: libjpeg-turbo through simplejpeg for JPEGs with TF's decoder settings (bitwise the
-  tf.data path's pixels); Pillow for the rest (PNG, GIF, BMP by content; CMYK JPEGs; truncated
-  JPEGs decoded as far as their data goes, as TF's try_recover_truncated).
+  tf.data path's pixels, CMYK included); Pillow for the rest (PNG, GIF, BMP by content;
+  truncated JPEGs decoded as far as their data goes, as TF's try_recover_truncated).
 - resize: `resize` reproduces `tf.image.resize(..., antialias=False)` (what the TPU reference
   and preprocess.py use): half-pixel centres, Keys cubic (a = -0.5, TF's 1024-entry coefficient
   table) or linear taps, taps outside the image dropped and the rest renormalised. Pillow's
@@ -37,17 +37,34 @@ def decode(data: bytes, strict: bool = False) -> np.ndarray:
   """Image bytes (format from the content) -> uint8 RGB array (H, W, 3).
 
   JPEGs go to libjpeg-turbo through simplejpeg with the fast integer DCT and fancy upsampling:
-  TF's `decode_jpeg` defaults, so the pixels equal the tf.data path's bit for bit (and skip
-  Pillow's copy). What it refuses (CMYK, truncated or damaged data, other formats) Pillow
-  decodes, keeping what a cut-off file holds (as TF's try_recover_truncated) unless `strict`
-  (then it raises: the tools' single files).
+  TF's `decode_jpeg` defaults, so the pixels equal the tf.data path's bit for bit (CMYK
+  converted with TF's formula; and no Pillow copy). What libjpeg warns about (truncated or
+  damaged data) Pillow decodes as far as the data goes, as TF's try_recover_truncated, and so
+  the other formats (PNG, GIF, BMP). `strict` (the tools' single files): a truncated or
+  damaged file raises instead.
   """
   if data[:3] == b'\xff\xd8\xff':
     try:
-      return _simplejpeg().decode_jpeg(data, colorspace='RGB', fastdct=True, fastupsample=False)
-    except ValueError:  # strict: any libjpeg warning (truncated data) or an unsupported layout
-      pass
-  return _pillow_decode(data, recover_truncated=not strict)
+      return _decode_jpeg(data)
+    except ValueError:  # simplejpeg's strict mode: any libjpeg warning, or a layout it refuses
+      if strict:
+        raise
+  image = _pillow_decode(data)
+  if strict:
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as img:
+      img.verify()  # the file's structure (a cut-off PNG) and checksums: OSError if broken
+  return image
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+  simplejpeg = _simplejpeg()
+  if simplejpeg.decode_jpeg_header(data)[2] in ('CMYK', 'YCCK'):
+    cmyk = simplejpeg.decode_jpeg(data, colorspace='CMYK', fastdct=True, fastupsample=False)
+    cmyk = cmyk.astype(np.uint16)
+    # TF (jpeg_mem.cc) converts Adobe's inverted CMYK as channel * K / 255, truncated.
+    return ((cmyk[..., :3] * cmyk[..., 3:]) // 255).astype(np.uint8)
+  return simplejpeg.decode_jpeg(data, colorspace='RGB', fastdct=True, fastupsample=False)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -65,12 +82,12 @@ def _simplejpeg():
   return simplejpeg
 
 
-def _pillow_decode(data: bytes, recover_truncated: bool = True) -> np.ndarray:
+def _pillow_decode(data: bytes) -> np.ndarray:
   from PIL import Image, ImageFile
   # As TF's decode_jpeg(try_recover_truncated=True): keep what a cut-off file holds. Pillow
-  # has only this process-wide switch (set on every call: a process either trains or runs a
-  # tool); the header check before decoding rejects broken files.
-  ImageFile.LOAD_TRUNCATED_IMAGES = recover_truncated
+  # has only this process-wide switch, set the same way by every caller (strict callers verify
+  # the file afterwards instead); the header check before decoding rejects broken files.
+  ImageFile.LOAD_TRUNCATED_IMAGES = True
   with Image.open(io.BytesIO(data)) as img:
     if img.mode != 'RGB':  # L, CMYK, P, RGBA (alpha dropped, as decode_image(channels=3))
       img = img.convert('RGB')
@@ -237,6 +254,8 @@ def normalize(image: np.ndarray, mean_rgb: Sequence[float], std_rgb: Sequence[fl
   the cast to bfloat16 is then the caller's, once per batch.
   """
   h, w, c = image.shape
+  if out is not None and not out.flags.c_contiguous:  # its reshape would be a copy, lost
+    raise ValueError('normalize(out=...) needs a C-contiguous array (a batch slot)')
   # Rows of W*C values against a tiled mean/std: numpy's inner loop then runs over a whole row,
   # not over 3 channels (5x faster); a view of resize's output, of a contiguous image and of
   # a batch slot alike.
@@ -249,7 +268,9 @@ def normalize(image: np.ndarray, mean_rgb: Sequence[float], std_rgb: Sequence[fl
 
 @functools.lru_cache(maxsize=64)
 def _tiled(values: tuple, times: int) -> np.ndarray:
-  return np.tile(np.asarray(values, np.float32), times)
+  tiled = np.tile(np.asarray(values, np.float32), times)
+  tiled.flags.writeable = False  # shared by every caller through the cache
+  return tiled
 
 
 def cast(batch: np.ndarray, dtype: str) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
+from senet_jax.data import image_ops
 from senet_jax.data.image_ops import Preprocessing
 from senet_jax.utils import tf_host
 # Re-exported: callers use pipeline.open_source & co. (they are TensorFlow-free, in sources.py).
@@ -50,7 +51,14 @@ def eval_iterator(source, prep: Preprocessing, batch_size: int, num_classes: int
   `label_key`: the int feature 'label', or a sequence feature of classes (ImageNet-ReaL's
   'real_label'), delivered as a (batch, num_classes) multi-hot 'label'.
   """
-  if prep.input_backend == 'grain':
+  # A stored record (the tools) may name a resize method only tf.data has: it runs there.
+  # (A training config is checked before compute instead: validate.check_data.)
+  grain = prep.input_backend == 'grain'
+  if grain and prep.interpolation not in image_ops.RESIZE_METHODS:
+    tf_host.require_tensorflow(f'interpolation {prep.interpolation!r} (grain resizes '
+                               f'{" and ".join(image_ops.RESIZE_METHODS)})')
+    grain = False
+  if grain:
     from senet_jax.data import grain_pipeline
     yield from grain_pipeline.eval_iterator(
         source, prep, batch_size, num_classes, process_index=process_index,

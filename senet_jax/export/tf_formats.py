@@ -94,7 +94,8 @@ def save_onnx(tflite_path: str, output: str, opset: int = 17) -> None:
   try:
     import tf2onnx
   except ImportError as err:
-    raise serving.ExportError('--format=onnx needs tf2onnx (pip install tf2onnx)') from err
+    from senet_jax.utils.tf_host import TF_INSTALL
+    raise serving.ExportError(f'--format=onnx needs tf2onnx ({TF_INSTALL})') from err
   tf2onnx.convert.from_tflite(tflite_path, opset=opset, output_path=output)
 
 
