@@ -147,12 +147,9 @@ def eval_transform(image: np.ndarray, prep) -> np.ndarray:
   0..255: numpy for bilinear / bicubic (tf.image.resize's pixels, no TensorFlow), TensorFlow
   for its other methods."""
   from senet_jax.data import image_ops
-  if prep.interpolation in image_ops.RESIZE_METHODS:
+  if not image_ops.needs_tensorflow(prep.interpolation):
     return np.ascontiguousarray(image_ops.eval_image(
         image, prep.image_size, prep.interpolation, prep.eval_crop_fraction))
-  from senet_jax.utils import tf_host
-  tf_host.require_tensorflow(f'interpolation {prep.interpolation!r} (numpy has bilinear and '
-                            f'bicubic)')
   from senet_jax.data import preprocess
   return np.asarray(preprocess.eval_image(image, prep.image_size, prep.interpolation,
                                           prep.eval_crop_fraction))

@@ -148,8 +148,9 @@ def test_readme_summary_row_per_ablation_best_first(tmp_path):
       'se_reduction=4.0': [.80, .82], 'se_reduction=16.0': [.90, .91]}),
       'se': _rows('se', {'se=True': [.9], 'se=False': [.8]})}
   lines = ablation_table.summary(results).splitlines()
+  # 16: a paper best
   assert lines[2] == ('| se_reduction | 16 90.50 ± 0.71, 4 81.00 ± 1.41 | '
-                      f'{ablation_table.PAPER["se_reduction"]["order"]} | agrees |')  # 16: a paper best
+                      f'{ablation_table.PAPER["se_reduction"]["order"]} | agrees |')
   # one seed: no std, and no verdict beyond "not separated"
   assert lines[3].startswith('| se | True 90.00, False 80.00 | SE > no SE | not separated')
   readme = tmp_path / 'README.md'

@@ -58,7 +58,7 @@ def decode(data: bytes, strict: bool = False) -> np.ndarray:
 
 
 def _decode_jpeg(data: bytes) -> np.ndarray:
-  simplejpeg = _simplejpeg()
+  import simplejpeg  # imported on first decode: importing this module has no cost
   if simplejpeg.decode_jpeg_header(data)[2] in ('CMYK', 'YCCK'):
     cmyk = simplejpeg.decode_jpeg(data, colorspace='CMYK', fastdct=True, fastupsample=False)
     cmyk = cmyk.astype(np.uint16)
@@ -76,12 +76,6 @@ def encode_png(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-@functools.lru_cache(maxsize=1)
-def _simplejpeg():
-  import simplejpeg  # imported on first decode: importing this module has no cost
-  return simplejpeg
-
-
 def _pillow_decode(data: bytes) -> np.ndarray:
   from PIL import Image, ImageFile
   # As TF's decode_jpeg(try_recover_truncated=True): keep what a cut-off file holds. Pillow
@@ -92,6 +86,17 @@ def _pillow_decode(data: bytes) -> np.ndarray:
     if img.mode != 'RGB':  # L, CMYK, P, RGBA (alpha dropped, as decode_image(channels=3))
       img = img.convert('RGB')
     return np.asarray(img)
+
+
+def needs_tensorflow(method: str) -> bool:
+  """Whether resize `method` is one only tf.data has (not in RESIZE_METHODS); then raises
+  MissingDependencyError, naming the method, if TensorFlow is not installed."""
+  if method in RESIZE_METHODS:
+    return False
+  from senet_jax.utils import tf_host
+  tf_host.require_tensorflow(f'interpolation {method!r} (numpy resizes '
+                             f'{" and ".join(RESIZE_METHODS)})')
+  return True
 
 
 def _bicubic_table() -> np.ndarray:

@@ -53,18 +53,13 @@ def eval_iterator(source, prep: Preprocessing, batch_size: int, num_classes: int
   """
   # A stored record (the tools) may name a resize method only tf.data has: it runs there.
   # (A training config is checked before compute instead: validate.check_data.)
-  grain = prep.input_backend == 'grain'
-  if grain and prep.interpolation not in image_ops.RESIZE_METHODS:
-    tf_host.require_tensorflow(f'interpolation {prep.interpolation!r} (grain resizes '
-                               f'{" and ".join(image_ops.RESIZE_METHODS)})')
-    grain = False
-  if grain:
+  if prep.input_backend == 'grain' and not image_ops.needs_tensorflow(prep.interpolation):
     from senet_jax.data import grain_pipeline
     yield from grain_pipeline.eval_iterator(
         source, prep, batch_size, num_classes, process_index=process_index,
         process_count=process_count, device_count=device_count, label_key=label_key)
     return
-  tf_host.require_tensorflow("input_backend='tfdata'")
+  tf_host.require_tensorflow(f'input_backend={prep.input_backend!r}')
   from senet_jax.data import tfdata_pipeline
   yield from tfdata_pipeline.eval_iterator(
       source, prep, batch_size, num_classes, process_index=process_index,

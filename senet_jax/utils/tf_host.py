@@ -2,10 +2,11 @@
 
 A training process may never import TensorFlow (config.input_backend='grain', the default; it
 need not even be installed: the optional extra, requirements-tf.txt), or import it late (the
-tf.data iterator, a gs:// path through tf.io.gfile). Importing it up front only to hide the accelerators would cost every run its
-import (~4-6 s); hiding it later could be too late (TensorFlow claims a GPU's memory when it
-initialises its devices). So `hide_accelerators_on_import` hooks the import itself: the devices
-are hidden right after `tensorflow` has executed, before anything can run an op.
+tf.data iterator, a gs:// path through tf.io.gfile). Importing it up front only to hide the
+accelerators would cost every run its import (~4-6 s); hiding it later could be too late
+(TensorFlow claims a GPU's memory when it initialises its devices). So
+`hide_accelerators_on_import` hooks the import itself: the devices are hidden right after
+`tensorflow` has executed, before anything can run an op.
 """
 from __future__ import annotations
 
