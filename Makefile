@@ -2,6 +2,7 @@
 # make test-slow   - the tests marked slow (tests/suite_cost.py); .ci/run runs both
 # make quickstart  - create .venv if missing, train an SE network on the offline digits dataset
 # make bench       - speed benchmark against timm (README.md, "Speed"; docs/speed.md)
+# make bench-separate - the same, training at 224 px x 16, each framework in its own processes
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,7 +17,7 @@ FAST_MALLOC_ENV = $(shell $(PY) -c 'from senet_jax.utils.allocator import print_
 # Tests use both cores of the reference machine; override with `make test PYTEST_WORKERS=4`.
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-slow test-all quickstart bench clean tf
+.PHONY: test test-slow test-all quickstart bench bench-separate clean tf
 
 # uv (from PyPI, into the venv) installs the requirements: parallel downloads and no per-file
 # pip overhead make a fresh environment about twice as fast as pip (docs/tests.md).
@@ -61,6 +62,9 @@ quickstart: $(RUNTIME_STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
+
+bench-separate: $(STAMP)
+	$(PY) benchmarks/train_step.py --mode=train --shapes=224x16 --rounds=3
 
 # make data-fashion - Fashion-MNIST for the SE ablations (docs/evidence.md), offline once
 # installed: apt-get installs Debian's dataset-fashion-mnist (the four idx files, 30 MB, in

@@ -49,6 +49,7 @@ VARIANTS = {
     'no_expensive_llvm': '--xla_llvm_disable_expensive_passes=true',
     'split8': '--xla_cpu_parallel_codegen_split_count=8',
     'split2': '--xla_cpu_parallel_codegen_split_count=2',
+    'legacy_emitters': '--xla_cpu_use_fusion_emitters=false',
 }
 EVENTS = {'trace': '/jax/core/compile/jaxpr_trace_duration',
           'lower': '/jax/core/compile/jaxpr_to_mlir_module_duration',

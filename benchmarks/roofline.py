@@ -4,8 +4,9 @@ A step's arithmetic is the model FLOPs of the papers' convention (2 x the convol
 MACs that `senet_jax.models.counting` counts, x3 for a training step: the backward pass does
 twice the forward's work); its bytes are XLA's estimate for the compiled (fused) module, which is
 what the step reads and writes in device memory. The ceilings are measured on the device, as
-METHOD-style roofline work asks, not read off a datasheet: a large bf16 matrix product for the
-arithmetic rate, and a large elementwise pass (bytes read + bytes written) for the bandwidth.
+METHOD-style roofline work asks, not read off a datasheet: a large matrix product for the
+arithmetic rate (bf16 on an accelerator, float32 on the CPU, the dtype each steps in), and a
+large elementwise pass (bytes read + bytes written) for the bandwidth.
 """
 from __future__ import annotations
 
@@ -39,20 +40,21 @@ def _median_seconds(fn, arg, repeats: int) -> float:
   return statistics.median(times)
 
 
-def measure_ceilings(matmul_n: int = 8192, copy_gb: float = 2.0, repeats: int = 10) -> dict:
-  """Measured bf16 matmul TFLOP/s and memory bandwidth (TB/s, read + write) of device 0."""
+def measure_ceilings(matmul_n: int = 8192, copy_gb: float = 2.0, repeats: int = 10,
+                     dtype: str = 'bfloat16') -> dict:
+  """Measured `dtype` matmul TFLOP/s and memory bandwidth (TB/s, read + write) of device 0."""
   import jax
   import jax.numpy as jnp
   keys = jax.random.split(jax.random.key(0), 3)
-  a = jax.random.normal(keys[0], (matmul_n, matmul_n), jnp.bfloat16)
-  b = jax.random.normal(keys[1], (matmul_n, matmul_n), jnp.bfloat16)
+  a = jax.random.normal(keys[0], (matmul_n, matmul_n), dtype)
+  b = jax.random.normal(keys[1], (matmul_n, matmul_n), dtype)
   matmul = jax.jit(lambda a: a @ b)
   tflops = 2 * matmul_n ** 3 / _median_seconds(matmul, a, repeats) / 1e12
-  x = jax.random.normal(keys[2], (int(copy_gb * 1e9 / 2),), jnp.bfloat16)
+  x = jax.random.normal(keys[2], (int(copy_gb * 1e9 / jnp.dtype(dtype).itemsize),), dtype)
   scale = jax.jit(lambda x: x * 3)  # one read and one write of every element
   tb_s = 2 * x.nbytes / _median_seconds(scale, x, repeats) / 1e12
   del a, b, x
-  return {'peak_bf16_tflops': tflops, 'peak_tb_s': tb_s}
+  return {'peak_tflops': tflops, 'peak_dtype': dtype, 'peak_tb_s': tb_s}
 
 
 def achieved(row: dict, ceilings: dict) -> dict:
@@ -60,6 +62,6 @@ def achieved(row: dict, ceilings: dict) -> dict:
   steps_s = row['senet_jax_img_s'] / row['batch']
   out = {'jax_tflops': row['jax_gflop'] * steps_s / 1e3,
          'jax_tb_s': row['jax_gbytes'] * steps_s / 1e3, **ceilings}
-  out['frac_peak_flops'] = out['jax_tflops'] / ceilings['peak_bf16_tflops']
+  out['frac_peak_flops'] = out['jax_tflops'] / ceilings['peak_tflops']
   out['frac_hbm'] = out['jax_tb_s'] / ceilings['peak_tb_s']
   return out

@@ -15,6 +15,14 @@ The median is over single steps rather than over rounds of several: the first st
 process under mimalloc sometimes take 3-5x longer (the allocator maps and first-touches a new
 region for XLA's step buffer, measured 886 huge-page faults and 6 s of system time in one
 EfficientNet-B0 step at 224 px), and a round that contains one such step would count it.
+
+`--rounds=N` measures the other way round (issue 37's method): each framework in its own fresh
+process, N rounds alternating senet_jax and timm processes, the median over the single steps of
+all rounds. Nothing is shared then (one allocator heap per framework, no cache or thread-pool
+interference), but machine noise hits the two at different times: read it with the steal
+column and the per-round medians the JSON keeps.
+
+    python benchmarks/train_step.py --mode=train --shapes=224x16 --rounds=3
 """
 from __future__ import annotations
 
@@ -51,6 +59,9 @@ def parse_args(argv=None):
   p.add_argument('--mode', default='train,infer')
   p.add_argument('--torch_compile', action='store_true', help='also time torch.compile')
   p.add_argument('--no_torch', action='store_true', help='senet_jax only')
+  p.add_argument('--torch_only', action='store_true', help='timm only')
+  p.add_argument('--rounds', type=int, default=0,
+                 help='N > 0: each framework in its own processes, N rounds alternating them')
   p.add_argument('--conv_impl', default='auto')
   p.add_argument('--dtype', default='auto', help="'auto': bfloat16 on GPU, float32 on CPU")
   p.add_argument('--json', default='', help='write the results here')
@@ -60,8 +71,10 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def run_isolated(args, name, shape, mode):
-  """Runs one (model, shape, mode) case in a fresh interpreter; returns its row."""
+def run_isolated(args, name, shape, mode, framework=''):
+  """Runs one (model, shape, mode) case in a fresh interpreter; returns its row.
+
+  `framework`: '--no_torch' or '--torch_only' to time one framework only."""
   import subprocess
   import tempfile
   with tempfile.NamedTemporaryFile(suffix='.json') as out:
@@ -70,9 +83,33 @@ def run_isolated(args, name, shape, mode):
            f'--warmup={args.warmup}', f'--threads={args.threads}',
            f'--conv_impl={args.conv_impl}', f'--dtype={args.dtype}', f'--json={out.name}']
     cmd += ['--torch_compile'] * args.torch_compile + ['--no_torch'] * args.no_torch
+    cmd += [framework] * bool(framework)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(out.name) as f:
       return json.load(f)['rows'][0]
+
+
+def run_separate(args, name, shape, mode):
+  """`args.rounds` rounds of one senet_jax process then one timm process; returns the row.
+
+  Step times are pooled over the rounds (median of all single steps, as in one process); the
+  compile time is the median over the senet_jax processes."""
+  jax_rows, torch_rows = [], []
+  for _ in range(args.rounds):
+    jax_rows.append(run_isolated(args, name, shape, mode, framework='--no_torch'))
+    torch_rows.append(run_isolated(args, name, shape, mode, framework='--torch_only'))
+  row = dict(jax_rows[0])
+  row['rounds'] = args.rounds
+  for key, rows in (('senet_jax', jax_rows), ('timm', torch_rows)):
+    steps = [t for r in rows for t in r[f'{key}_step_s']]
+    row[f'{key}_step_s'] = steps
+    row[f'{key}_img_s'] = row['batch'] / statistics.median(steps)
+    row[f'{key}_round_img_s'] = [r[f'{key}_img_s'] for r in rows]
+  row['jax_compile_s'] = statistics.median(r['jax_compile_s'] for r in jax_rows)
+  steals = [r['cpu_steal'] for r in jax_rows + torch_rows if r.get('cpu_steal') is not None]
+  row['cpu_steal'] = max(steals) if steals else None
+  row['ratio_vs_timm'] = row['senet_jax_img_s'] / row['timm_img_s']
+  return row
 
 
 def _time_step(fn):
@@ -197,8 +234,11 @@ def peak_memory_gb(on_gpu):
 
 def bench_one(args, name, res, batch, train, on_gpu, dtype):
   timm_name, overrides = TIMM_NAMES[name]
-  run_jax, compile_s, cost = jax_runner(name, overrides, res, batch, train, dtype, args.conv_impl)
-  runners = {'senet_jax': run_jax}
+  runners, compile_s, cost = {}, float('nan'), {'gflop': None, 'gbytes': None}
+  if not args.torch_only:
+    run_jax, compile_s, cost = jax_runner(name, overrides, res, batch, train, dtype,
+                                          args.conv_impl)
+    runners['senet_jax'] = run_jax
   if not args.no_torch:
     runners['timm'] = torch_runner(timm_name, res, batch, train, on_gpu, False)
     if args.torch_compile:
@@ -222,7 +262,7 @@ def bench_one(args, name, res, batch, train, on_gpu, dtype):
          'cpu_steal': steal, **{f'{k}_img_s': v for k, v in ips.items()},
          **{f'{k}_step_s': v for k, v in times.items()}}
   for k in runners:
-    if k != 'senet_jax':
+    if k != 'senet_jax' and 'senet_jax' in ips:
       row[f'ratio_vs_{k}'] = ips['senet_jax'] / ips[k]
   row['jax_peak_gb'], row['torch_peak_gb'] = peak_memory_gb(on_gpu)
   return row
@@ -239,10 +279,13 @@ def main(argv=None):
   on_gpu = jax.default_backend() == 'gpu'
   if not args.in_process:
     print(environment(args.threads), flush=True)
-  ceilings = roofline.measure_ceilings() if on_gpu and not args.in_process else None
-  if ceilings:
-    print(f"measured ceilings: bf16 matmul {ceilings['peak_bf16_tflops']:.0f} TFLOP/s, "
-          f"memory {ceilings['peak_tb_s']:.2f} TB/s (read + write)", flush=True)
+  ceilings = None
+  if not args.in_process:  # the CPU steps in float32: its peak is a float32 product's
+    ceilings = (roofline.measure_ceilings() if on_gpu else
+                roofline.measure_ceilings(matmul_n=2048, copy_gb=0.5, dtype='float32'))
+    print(f"measured ceilings: {ceilings['peak_dtype']} matmul "
+          f"{ceilings['peak_tflops']:.3g} TFLOP/s, memory {ceilings['peak_tb_s']:.3g} TB/s "
+          '(read + write)', flush=True)
   dtype = args.dtype if args.dtype != 'auto' else ('bfloat16' if on_gpu else 'float32')
   if not args.no_torch:
     import torch
@@ -256,6 +299,8 @@ def main(argv=None):
           row = bench_one(args, name, res, batch, mode == 'train', on_gpu, dtype)
           jax.clear_caches()
           gc.collect()  # free both frameworks' buffers before the next model
+        elif args.rounds:
+          row = run_separate(args, name, shape, mode)
         else:
           row = run_isolated(args, name, shape, mode)
         if ceilings:
@@ -304,7 +349,7 @@ def format_row(row):
   if row.get('cpu_steal') is not None:
     extra += f" steal={row['cpu_steal']:.0%}"
   return (f"{row['model']:>22} {row['mode']:5} {row['resolution']}x{row['batch']:<3} "
-          f"senet_jax {row['senet_jax_img_s']:8.1f} img/s  timm {row.get('timm_img_s', 0):8.1f}"
+          f"senet_jax {row.get('senet_jax_img_s', float('nan')):8.1f} img/s  timm {row.get('timm_img_s', 0):8.1f}"
           f"  {extra}  compile {row['jax_compile_s']:.1f}s")
 
 
@@ -319,12 +364,12 @@ def markdown_table(rows):
   nan = float('nan')
   for r in rows:
     cells = [f"{r['model']} ({r['timm_model']})", r['mode'], f"{r['resolution']}x{r['batch']}",
-             f"{r['senet_jax_img_s']:.1f}", f"{r.get('timm_img_s', 0):.1f}",
+             f"{r.get('senet_jax_img_s', nan):.1f}", f"{r.get('timm_img_s', 0):.1f}",
              f"{r.get('ratio_vs_timm', nan):.2f}"]
     if compiled:
       cells += [f"{r.get('timm_compile_img_s', nan):.1f}", f"{r.get('ratio_vs_timm_compile', nan):.2f}"]
     if roof:
-      cells += [f"{r['jax_tflops']:.1f} ({r['frac_peak_flops']:.1%})",
+      cells += [f"{r['jax_tflops']:.3g} ({r['frac_peak_flops']:.1%})",
                 f"{r['jax_tb_s']:.2f} ({r['frac_hbm']:.0%})"]
     lines.append('| ' + ' | '.join(cells + [f"{r['jax_compile_s']:.1f}"]) + ' |')
   return '\n'.join(lines)

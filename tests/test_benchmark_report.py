@@ -18,7 +18,7 @@ def _row(**extra):
 
 def test_achieved_fractions_by_hand():
   # 512 img/s at batch 256 is 2 steps/s: 200 GFLOP/s and 100 GB/s.
-  out = roofline.achieved(_row(), {'peak_bf16_tflops': 1.0, 'peak_tb_s': 0.5})
+  out = roofline.achieved(_row(), {'peak_tflops': 1.0, 'peak_tb_s': 0.5})
   assert out['jax_tflops'] == pytest.approx(0.2)
   assert out['jax_tb_s'] == pytest.approx(0.1)
   assert out['frac_peak_flops'] == pytest.approx(0.2)
@@ -48,7 +48,7 @@ def test_table_columns_follow_the_rows():
   plain = train_step.markdown_table([_row()])
   assert 'timm+compile' not in plain and 'TFLOP/s' not in plain
   full = _row(timm_compile_img_s=400.0, ratio_vs_timm_compile=1.28)
-  full.update(roofline.achieved(full, {'peak_bf16_tflops': 1.0, 'peak_tb_s': 0.5}))
+  full.update(roofline.achieved(full, {'peak_tflops': 1.0, 'peak_tb_s': 0.5}))
   header, _, line = train_step.markdown_table([full]).splitlines()
   assert header.count('|') == line.count('|')
   assert '| 400.0 | 1.28 |' in line and '0.2 (20.0%)' in line and '0.10 (20%)' in line
@@ -74,3 +74,32 @@ def test_row_prints_steal_when_measured():
   assert 'steal=25%' in train_step.format_row(_row(cpu_steal=0.25))
   assert 'steal' not in train_step.format_row(_row(cpu_steal=None))
   assert train_step.cpu_steal_ticks() is None or train_step.cpu_steal_ticks() >= 0
+
+
+def test_separate_processes_pool_the_steps_of_all_rounds(monkeypatch):
+  """--rounds: one process per framework and round; medians over the pooled single steps."""
+  calls = []
+
+  def fake_isolated(args, name, shape, mode, framework=''):
+    calls.append(framework)
+    r = (len(calls) - 1) // 2  # round index: jax then timm in each round
+    if framework == '--no_torch':
+      steps = [[0.5, 0.5, 4.0], [0.25, 0.5, 0.5]][r]
+      return _row(batch=16, senet_jax_step_s=steps, senet_jax_img_s=16 / sorted(steps)[1],
+                  jax_compile_s=[10.0, 14.0][r], cpu_steal=0.01)
+    steps = [[1.0, 1.0, 2.0], [1.0, 2.0, 2.0]][r]
+    return {'model': name, 'batch': 16, 'timm_step_s': steps, 'cpu_steal': 0.03,
+            'timm_img_s': 16 / sorted(steps)[1]}
+
+  monkeypatch.setattr(train_step, 'run_isolated', fake_isolated)
+  args = train_step.parse_args(['--rounds=2'])
+  row = train_step.run_separate(args, 'efficientnet_b0', '224x16', 'train')
+  assert calls == ['--no_torch', '--torch_only'] * 2
+  # Pooled jax steps 0.25, 0.5 x4, 4.0 -> median 0.5 s = 32 img/s; timm 1, 1, 1, 2, 2, 2 -> 1.5 s.
+  assert row['senet_jax_img_s'] == pytest.approx(32.0)
+  assert row['timm_img_s'] == pytest.approx(16 / 1.5)
+  assert row['ratio_vs_timm'] == pytest.approx(3.0)
+  assert row['jax_compile_s'] == pytest.approx(12.0)
+  assert row['cpu_steal'] == pytest.approx(0.03)
+  assert row['senet_jax_round_img_s'] == [pytest.approx(32.0), pytest.approx(32.0)]
+  assert train_step.format_row(row)  # prints without a KeyError

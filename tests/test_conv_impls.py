@@ -12,6 +12,9 @@ CASES = [  # (impl, channels_in, channels_out, groups, kernel, stride, padding, 
     ('shift', 8, 8, 8, 5, 2, 'SAME', 10),    # TF SAME, asymmetric
     ('shift', 8, 8, 8, 3, 2, ((1, 1), (1, 1)), 9),
     ('shift', 4, 8, 4, 3, 1, 'SAME', 6),     # depth multiplier 2
+    ('shift', 8, 8, 8, 3, 2, 'VALID', 10),   # an unused last row and column (gradient 0)
+    ('shift', 8, 8, 8, 5, 2, 'VALID', 10),   # the same with the gather-form input gradient
+    ('shift', 8, 8, 8, 5, 1, ((2, 1), (0, 3)), 7),  # uneven explicit padding
     ('dense', 8, 16, 4, 3, 1, ((1, 1), (1, 1)), 7),
     ('dense', 16, 16, 8, 3, 2, ((1, 1), (1, 1)), 8),
     ('dense', 8, 8, 8, 3, 2, 'SAME', 7),      # depthwise as dense also correct
@@ -53,6 +56,21 @@ def test_forward_and_gradients_match_xla(impl, cin, cout, groups, k, stride, pad
   grad = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * probe), argnums=(0, 1)))
   for g_alt, g_ref in zip(grad(alt)(x, w), grad(ref)(x, w)):
     np.testing.assert_allclose(g_alt, g_ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize('k,stride,padding,size', [
+    (3, 1, 'SAME', 9), (3, 2, 'SAME', 10), (5, 2, 'SAME', 11), (5, 1, ((2, 1), (0, 3)), 7),
+    (3, 2, 'VALID', 10), (5, 2, ((2, 2), (2, 2)), 11), (3, 2, ((0, 1), (0, 1)), 8)])
+def test_depthwise_input_gradient_in_gather_form_equals_autodiff_of_xla(k, stride, padding, size):
+  """dy dilated by the stride, padded, one stride-1 pass of the flipped kernel = XLA's dx."""
+  rng = np.random.RandomState(1)
+  x = jnp.asarray(rng.randn(2, size, size + 1, 4).astype(np.float32))
+  w = jnp.asarray(rng.randn(k, k, 1, 4).astype(np.float32))
+  pads = conv_impls._pads(x.shape, w.shape, stride, padding)
+  y, vjp = jax.vjp(lambda x: conv_impls.conv_xla(x, w, stride, pads, 4), x)
+  dy = jnp.asarray(rng.randn(*y.shape).astype(np.float32))
+  dx = conv_impls.conv_shift_input_grad(dy, w, stride, pads, x.shape)
+  np.testing.assert_allclose(dx, vjp(dy)[0], rtol=1e-5, atol=1e-5)
 
 
 def resolve(impl, groups, cin, *, backend='cpu', engine='eigen', k=3, size=1 << 15, cout=None):
