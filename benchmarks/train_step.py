@@ -348,8 +348,9 @@ def format_row(row):
   extra = ' '.join(f'{k}={v:.2f}' for k, v in row.items() if k.startswith(('ratio', 'frac')))
   if row.get('cpu_steal') is not None:
     extra += f" steal={row['cpu_steal']:.0%}"
+  jax_img_s = row.get('senet_jax_img_s', float('nan'))  # absent in a --torch_only child
   return (f"{row['model']:>22} {row['mode']:5} {row['resolution']}x{row['batch']:<3} "
-          f"senet_jax {row.get('senet_jax_img_s', float('nan')):8.1f} img/s  timm {row.get('timm_img_s', 0):8.1f}"
+          f"senet_jax {jax_img_s:8.1f} img/s  timm {row.get('timm_img_s', 0):8.1f}"
           f"  {extra}  compile {row['jax_compile_s']:.1f}s")
 
 
