@@ -22,7 +22,11 @@ PYTEST_WORKERS ?= 2
 # uv (from PyPI, into the venv) installs the requirements: parallel downloads and no per-file
 # pip overhead make a fresh environment about twice as fast as pip (docs/tests.md).
 UV := $(VENV)/bin/uv
-UV_INSTALL = $(UV) pip install -q --python $(PY)
+# --compile-bytecode: the .pyc files are written once here. Without them every Python process
+# (each test worker, each main.py subprocess of the tests) recompiles jax, torch and flax from
+# source when the environment sets PYTHONDONTWRITEBYTECODE=1: ~8 s of CPU per process, which
+# doubled `make test` on such a machine (docs/tests.md).
+UV_INSTALL = $(UV) pip install -q --compile-bytecode --python $(PY)
 
 $(RUNTIME_STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
