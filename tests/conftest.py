@@ -13,12 +13,14 @@ try:
 except ImportError:
   pass
 
+import suite_cost  # noqa: E402  (beside this file)
+
+suite_cost.fast_compile_xla_flags()  # before JAX reads XLA_FLAGS
 import senet_jax  # noqa: E402,F401  (sets the XLA:CPU flags main.py runs with)
 import jax  # noqa: E402
 
 # Halves XLA:CPU compile time of parameter init (random streams differ; tests never pin them).
 jax.config.update('jax_threefry_partitionable', False)
-import suite_cost  # noqa: E402  (beside this file)
 
 # One persistent compilation cache per test session, shared by the xdist workers and the
 # main.py subprocesses (they inherit the variable): the trainer tests compile the same tiny
