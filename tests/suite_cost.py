@@ -145,7 +145,10 @@ SLOW = {
 # time is mostly compiling them; level 0 cut tests/test_resnet.py from 144 to 106 s (user CPU
 # 270 -> 196 s; level 1: 118 s) on 2026-12-07's 2-core machine, every test passing. The HLO
 # passes (fusion, layouts: what the tests' numbers depend on) are unchanged; only instruction
-# selection and LLVM's own passes are lighter. SENET_TEST_XLA_OPT=default keeps XLA's level.
+# selection and LLVM's own passes are lighter, and results can move by an ulp: a subprocess
+# that replaces XLA_FLAGS runs at XLA's default level, so a test comparing it bit for bit with
+# this process passes the parent's flags on (tests/test_elastic_equivalence.py).
+# SENET_TEST_XLA_OPT=default keeps XLA's level.
 TEST_XLA_FLAG = '--xla_backend_optimization_level=0'
 
 

@@ -240,8 +240,10 @@ def main(argv):
 def runs(digits_dir, tmp_path_factory):
   """Both sides' arrays by name, and 'log': (tag, step, batch digest, key) of every step."""
   path = str(tmp_path_factory.mktemp('elastic') / 'four.npz')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu')
+  # The parent's XLA flags too (the suite's LLVM level, suite_cost.TEST_XLA_FLAG): both sides
+  # must generate the same code for their initial parameters to agree bit for bit.
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+  env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS='cpu')
   proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), digits_dir, path],
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
