@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 2,
                'f32': 4, 's32': 4, 'u32': 4, 'f64': 8, 's64': 8, 'u64': 8, 'token': 0}
-# Instructions that alias or name a buffer without reading or writing it.
 CPU_GROUPED_LOWERING = 'dense grouped-conv lowering (CPU only)'
+# Instructions that alias or name a buffer without reading or writing it.
 FREE_OPS = frozenset({'parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast',
                       'after-all', 'partition-id', 'replica-id'})
 _ARRAY = re.compile(r'\b([a-z]+\d*)\[([\d,]*)\]')
