@@ -34,6 +34,7 @@ import sys
 from dataclasses import dataclass
 
 import roofline  # beside this file
+import train_step  # beside this file
 
 DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 2,
                'f32': 4, 's32': 4, 'u32': 4, 'f64': 8, 's64': 8, 'u64': 8, 'token': 0}
@@ -260,25 +261,14 @@ def compile_step_hlo(model_name: str, batch: int, res: int, dtype: str,
   """The optimized HLO text of the training step and XLA's own 'bytes accessed'."""
   import jax
   import jax.numpy as jnp
-  import optax
   from senet_jax.models import create_model
   model = create_model(model_name, conv_impl=conv_impl,
                        dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
   x = jax.ShapeDtypeStruct((batch, res, res, 3), jnp.float32)
   y = jax.ShapeDtypeStruct((batch,), jnp.int32)
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, res, res, 3)))
-  opt = optax.sgd(0.01, momentum=0.9)
-
-  def step(params, stats, opt_state, x, y, key):
-    def loss_fn(p):
-      logits, upd = model.apply({'params': p, 'batch_stats': stats}, x, train=True,
-                                mutable=['batch_stats'], rngs={'dropout': key})
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
-      return loss.mean(), upd['batch_stats']
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), stats, opt_state, loss
-
+  # The step `make bench` times, here on abstract arguments (nothing allocated).
+  step, opt = train_step.sgd_training_step(model)
   opt_state = jax.eval_shape(opt.init, variables['params'])
   compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(
       variables['params'], variables['batch_stats'], opt_state, x, y,

@@ -68,7 +68,12 @@ def parse_args(argv=None):
   p.add_argument('--in_process', action='store_true',
                  help='run every case in this process (default: a fresh process per case, so '
                       'one model\'s retained memory cannot slow or starve the next)')
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  unknown = [m for m in args.models.split(',') if m not in TIMM_NAMES]
+  if unknown:  # before any process starts: one line naming the flag and what it accepts
+    p.error(f'--models: {",".join(unknown)} has no timm counterpart here; expected names from '
+            f'{", ".join(TIMM_NAMES)}')
+  return args
 
 
 def run_isolated(args, name, shape, mode, framework=''):
@@ -139,12 +144,33 @@ def steal_fraction(ticks_before, ticks_after, seconds: float, hz: int | None = N
   return (ticks_after - ticks_before) / hz / (seconds * cpus)
 
 
+def sgd_training_step(model):
+  """(step, optimizer): the training step every benchmark times or inspects (forward,
+  backward, BatchNorm statistics, SGD with momentum), for
+  step(params, batch_stats, opt_state, images, labels, dropout_key) ->
+  (params, batch_stats, opt_state, loss); jit it with donate_argnums=(0, 1, 2)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  opt = optax.sgd(0.01, momentum=0.9)
+
+  def step(params, stats, opt_state, x, y, key):
+    def loss_fn(p):
+      logits, upd = model.apply({'params': p, 'batch_stats': stats}, x, train=True,
+                                mutable=['batch_stats'], rngs={'dropout': key})
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits.astype(jnp.float32), y).mean(), upd['batch_stats']
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state, loss
+  return step, opt
+
+
 def jax_runner(name, overrides, res, batch, train, dtype, conv_impl):
   """Returns (step_fn, compile_seconds, XLA cost estimate) for senet_jax."""
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import optax
   from senet_jax.models import create_model
   model_name = name.replace('_sym', '').replace('_v15', '')
   model = create_model(model_name, dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32,
@@ -153,17 +179,8 @@ def jax_runner(name, overrides, res, batch, train, dtype, conv_impl):
   x = jnp.asarray(rng.randn(batch, res, res, 3).astype(np.float32))
   y = jnp.asarray(rng.randint(0, 1000, batch))
   variables = jax.jit(model.init)(jax.random.key(0), x[:1])
-  opt = optax.sgd(0.01, momentum=0.9)
   if train:
-    def step(params, stats, opt_state, x, y, key):
-      def loss_fn(p):
-        logits, upd = model.apply({'params': p, 'batch_stats': stats}, x, train=True,
-                                  mutable=['batch_stats'], rngs={'dropout': key})
-        return optax.softmax_cross_entropy_with_integer_labels(
-            logits.astype(jnp.float32), y).mean(), upd['batch_stats']
-      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = opt.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), stats, opt_state, loss
+    step, opt = sgd_training_step(model)
     args = [variables['params'], variables['batch_stats'], opt.init(variables['params']), x, y,
             jax.random.key(1)]
     t0 = time.perf_counter()

@@ -146,8 +146,8 @@ SLOW = {
 # 270 -> 196 s; level 1: 118 s) on 2026-12-07's 2-core machine, every test passing. The HLO
 # passes (fusion, layouts: what the tests' numbers depend on) are unchanged; only instruction
 # selection and LLVM's own passes are lighter, and results can move by an ulp: a subprocess
-# that replaces XLA_FLAGS runs at XLA's default level, so a test comparing it bit for bit with
-# this process passes the parent's flags on (tests/test_elastic_equivalence.py).
+# that replaced XLA_FLAGS would run at XLA's default level, so subprocesses with simulated
+# devices get their environment from host_devices_env, which keeps the parent's flags.
 # SENET_TEST_XLA_OPT=default keeps XLA's level.
 TEST_XLA_FLAG = '--xla_backend_optimization_level=0'
 
@@ -160,6 +160,21 @@ def fast_compile_xla_flags(environ=None) -> None:
   if environ.get('SENET_TEST_XLA_OPT') == 'default' or 'xla_backend_optimization_level' in flags:
     return
   environ['XLA_FLAGS'] = f'{flags} {TEST_XLA_FLAG}'.strip()
+
+
+DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
+
+
+def host_devices_env(devices: int, **variables) -> dict[str, str]:
+  """The environment for a subprocess that simulates `devices` CPU devices: this process's,
+  with the device count appended to its XLA_FLAGS (an inherited count replaced), CPU only, and
+  `variables` on top. Appending rather than replacing keeps the suite's flags (TEST_XLA_FLAG)
+  in the child: it compiles as fast as the test process, and a test that compares the two bit
+  for bit compares code generated the same way."""
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith(DEVICE_COUNT_FLAG + '=')]
+  flags.append(f'{DEVICE_COUNT_FLAG}={devices}')
+  return {**os.environ, 'XLA_FLAGS': ' '.join(flags), 'JAX_PLATFORMS': 'cpu', **variables}
 
 
 def session_compilation_cache() -> str | None:

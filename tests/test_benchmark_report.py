@@ -103,3 +103,12 @@ def test_separate_processes_pool_the_steps_of_all_rounds(monkeypatch):
   assert row['cpu_steal'] == pytest.approx(0.03)
   assert row['senet_jax_round_img_s'] == [pytest.approx(32.0), pytest.approx(32.0)]
   assert train_step.format_row(row)  # prints without a KeyError
+
+
+def test_a_model_without_a_timm_counterpart_is_refused_in_one_line(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    train_step.parse_args(['--models=efficientnet_b0,se_resnet18'])
+  assert exit_info.value.code == 2
+  error = capsys.readouterr().err.strip().splitlines()[-1]
+  assert '--models: se_resnet18 has no timm counterpart' in error and 'se_resnet50' in error
+  assert train_step.parse_args(['--models=se_resnet50']).models == 'se_resnet50'

@@ -30,6 +30,7 @@ from senet_jax import errors
 from senet_jax.training import checkpoint as ckpt_lib
 from senet_jax.training import integrity
 from test_train import tiny_config
+from suite_cost import host_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 'tests/helpers/tiny_config.py'
@@ -76,7 +77,6 @@ def test_any_single_change_and_a_swap_change_the_digest_nan_is_reported():
 
 def test_digest_is_the_same_on_one_device_and_sharded_over_four():
   script = (
-      "import os; os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'\n"
       "import jax, numpy as np\n"
       "from jax.sharding import NamedSharding, PartitionSpec as P\n"
       "from senet_jax.training import integrity\n"
@@ -85,7 +85,7 @@ def test_digest_is_the_same_on_one_device_and_sharded_over_four():
       "s = jax.device_put(w, NamedSharding(mesh, P('a', 'b')))\n"
       "print(integrity.inspect({'w': s})[0]['w'])\n")
   out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120, env={**os.environ, 'PYTHONPATH': ROOT})
+                       timeout=120, env=host_devices_env(4, PYTHONPATH=ROOT))
   assert out.returncode == 0, out.stderr[-2000:]
   w = np.random.default_rng(2).normal(size=(8, 6, 5)).astype(np.float32)
   assert out.stdout.split()[-1] == _reference_digest(w)

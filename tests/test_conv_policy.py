@@ -14,6 +14,7 @@ from senet_jax.ops import conv_impls, kernels
 from senet_jax.ops import policy as policy_lib
 from senet_jax.ops.policy import ConvPolicy, select_conv_policy
 from senet_jax.utils import xla_flags
+from suite_cost import host_devices_env
 
 needs_kernels = pytest.mark.skipif(kernels._compiler() is None, reason='no C++ compiler')
 # A ResNeXt small enough to lower in a second: 4 groups of 2-4 channels ('direct' on CPU).
@@ -138,8 +139,7 @@ print('OK')
 
 @needs_kernels
 def test_n_devices_run_the_xla_formulation_with_the_values_of_the_kernels():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  env = host_devices_env(2, PYTHONPATH=REPO)
   result = subprocess.run([sys.executable, '-c', SHARDED], env=env, capture_output=True,
                           text=True, timeout=300, cwd=REPO)
   assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-3000:]

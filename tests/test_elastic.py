@@ -13,6 +13,7 @@ import pytest
 
 from senet_jax.training import checkpoint as ckpt_lib
 from test_fault_tolerance import ROOT, _launch, main_cmd
+from suite_cost import host_devices_env
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +24,7 @@ def data_dir(digits_dir):
 
 
 def _train(workdir, data_dir, devices, *extra):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu')
+  env = host_devices_env(devices)
   out = subprocess.run(main_cmd(workdir, data_dir, '--config.compilation_cache_dir=', *extra),
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]

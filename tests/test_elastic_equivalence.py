@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 import pytest
+from suite_cost import host_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -240,10 +241,9 @@ def main(argv):
 def runs(digits_dir, tmp_path_factory):
   """Both sides' arrays by name, and 'log': (tag, step, batch digest, key) of every step."""
   path = str(tmp_path_factory.mktemp('elastic') / 'four.npz')
-  # The parent's XLA flags too (the suite's LLVM level, suite_cost.TEST_XLA_FLAG): both sides
-  # must generate the same code for their initial parameters to agree bit for bit.
-  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-  env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS='cpu')
+  # The parent's XLA flags kept (host_devices_env): both sides must generate the same code
+  # for their initial parameters to agree bit for bit.
+  env = host_devices_env(4)
   proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), digits_dir, path],
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)

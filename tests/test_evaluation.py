@@ -19,6 +19,7 @@ from senet_jax import evaluation
 from senet_jax.evaluation import metrics
 from senet_jax.tools import evaluate
 from senet_jax.training.validate import ConfigError
+from suite_cost import host_devices_env
 
 RAW = evaluation.Preprocessing(fake.SIZE, 1.0, 'bilinear', (0.0,) * 3, (1.0,) * 3)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -316,8 +317,7 @@ def _validate_processes(num_processes, devices, data_dir, output):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
+  env = host_devices_env(devices, JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
   procs = []
   for pid in range(num_processes):
     cmd = [sys.executable, '-m', 'senet_jax.tools.evaluate', '--model=mobilenetv3_small_100',

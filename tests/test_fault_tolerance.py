@@ -17,6 +17,7 @@ import pytest
 import train
 from senet_jax.training import checkpoint as ckpt_lib
 from test_train import tiny_config
+from suite_cost import host_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 'tests/helpers/tiny_config.py'
@@ -146,8 +147,7 @@ def _free_port():
 
 def _launch(workdirs, data_dir, num_processes, devices_per_process, extra=()):
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
-             JAX_PLATFORMS='cpu', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
+  env = host_devices_env(devices_per_process, JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
   procs = []
   for pid in range(num_processes):
     args = main_cmd(workdirs[pid], data_dir, *extra)

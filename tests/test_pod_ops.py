@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from senet_jax.training import mfu, profiling, progress, sharding, writers
+from suite_cost import host_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,8 +128,7 @@ def test_hosts_are_the_granules_on_gpus_with_mesh_dcn_data():
 
 
 def test_checkpoint_restores_onto_another_slice_count(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+  env = host_devices_env(8)
   out = subprocess.run([sys.executable, 'tests/helpers/slices_restore.py', str(tmp_path / 'c')],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]

@@ -10,10 +10,10 @@ from jax.sharding import PartitionSpec as P
 from configs import default
 from senet_jax.training import sharding
 from senet_jax.training.validate import ConfigError, validate_config
+from suite_cost import host_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EIGHT_CPUS = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-                  JAX_PLATFORMS='cpu')
+EIGHT_CPUS = host_devices_env(8)
 
 
 def test_mesh_shape_fills_the_rest_of_the_devices():

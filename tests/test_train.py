@@ -14,6 +14,7 @@ import train
 from configs import quickstart
 from senet_jax.training import checkpoint as ckpt_lib
 from senet_jax.training import preemption
+from suite_cost import host_devices_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,8 +122,7 @@ def test_non_finite_loss_stops_with_the_step(data_dir, tmp_path):
 
 
 def test_sharded_step_on_8_devices_equals_1_device():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+  env = host_devices_env(8)
   out = subprocess.run([sys.executable, 'tests/helpers/sharded_vs_single.py'], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
