@@ -1,6 +1,7 @@
 """The hand-written CPU kernels (senet_jax/ops/kernels): values against XLA's own convolution
 gradient, use inside `conv_shift`, and a build that fails cleanly."""
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -89,3 +90,22 @@ def test_calling_a_kernel_without_them_is_a_clear_error(monkeypatch):
   monkeypatch.setattr(kernels, 'available', lambda: False)
   with pytest.raises(RuntimeError, match='CPU kernels are not available'):
     kernels.grouped_conv_forward(jnp.ones((1, 4, 4, 8)), jnp.ones((3, 3, 2, 8)), ((1, 1), (1, 1)))
+
+
+def test_the_build_is_keyed_by_contents_not_by_where_the_sources_sit(tmp_path, monkeypatch):
+  """Two checkouts (or an installed copy) of the same sources share one library; a changed
+  source, compiler or flag builds another."""
+  monkeypatch.setenv('SENET_KERNEL_CACHE', str(tmp_path / 'cache'))
+  here = kernels._cache_path('/usr/bin/c++')
+  copy = tmp_path / 'elsewhere'
+  shutil.copytree(kernels.HERE, copy, ignore=shutil.ignore_patterns('__pycache__'))
+  monkeypatch.setattr(kernels, 'HERE', str(copy))
+  assert kernels._cache_path('/usr/bin/c++') == here
+  assert kernels._cache_path('/usr/bin/clang++') != here
+  flags = kernels.CXXFLAGS
+  monkeypatch.setattr(kernels, 'CXXFLAGS', flags + ('-march=native',))
+  assert kernels._cache_path('/usr/bin/c++') != here
+  monkeypatch.setattr(kernels, 'CXXFLAGS', flags)
+  with open(copy / kernels.SOURCES[0], 'a') as f:
+    f.write('\n// changed\n')
+  assert kernels._cache_path('/usr/bin/c++') != here

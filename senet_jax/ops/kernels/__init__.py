@@ -8,8 +8,8 @@
 
 The C++ sources are compiled on first use with the system's C++ compiler (`$CXX`, else `c++`)
 against the FFI headers jaxlib ships, into `$SENET_KERNEL_CACHE` (default
-`~/.cache/senet_jax/kernels`), keyed by a hash of the sources, the compiler command and the
-jaxlib version; the file is written under a temporary name and renamed, so concurrent
+`~/.cache/senet_jax/kernels`), keyed by a hash of the sources, the compiler, its flags and the
+jaxlib version (not their paths, so checkouts and environments share a build); the file is written under a temporary name and renamed, so concurrent
 processes never load a half-written library. Without a compiler, or with
 `SENET_NO_CPU_KERNELS=1`, `available()` is False and callers keep their XLA formulation.
 """
@@ -55,7 +55,11 @@ def _cache_path(compiler: str) -> str:
   for name in SOURCES + HEADERS:
     with open(os.path.join(HERE, name), 'rb') as f:
       key.update(f.read())
-  key.update(' '.join(_build_command(compiler, '')).encode() + jaxlib.__version__.encode())
+  # What the library depends on: sources, compiler, flags and jaxlib (whose version fixes the
+  # FFI headers). Not where the sources or headers sit: every checkout and environment of the
+  # same code shares one build (a fresh clone's test run built it twice, 17 s each, once for its
+  # .venv and once for the install test's).
+  key.update(' '.join((compiler, *CXXFLAGS, jaxlib.__version__)).encode())
   cache = os.environ.get('SENET_KERNEL_CACHE',
                          os.path.join(os.path.expanduser('~'), '.cache', 'senet_jax', 'kernels'))
   return os.path.join(cache, f'senet_cpu_kernels-{key.hexdigest()[:16]}.so')
