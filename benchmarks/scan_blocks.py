@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import train_step  # noqa: E402  (beside this file)
-from senet_jax.models import base, create_model, layers  # noqa: E402
+from senet_jax.models import create_model, layers  # noqa: E402
 from senet_jax.models import efficientnet as E  # noqa: E402
 
 
@@ -46,12 +46,7 @@ class ScannedB0(E.EfficientNet):
 
   @nn.compact
   def __call__(self, x, train=False):
-    act = layers.get_activation(self.act, 'act')
-    conv = base.conv_def(self, padding=self.padding,
-                         kernel_init=layers.conv_kernel_init_fan_out())
-    norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, param_dtype=jnp.float32)
-    bn = functools.partial(norm, use_running_average=not train)
+    act, conv, norm, bn = self.layer_constructors(train)  # the model's own
     stages = self.stage_args()
     x = act(bn(name='bn_stem')(conv(stages[0].in_channels, 3, 2, name='conv_stem')(x)))
     for s, args in enumerate(stages):

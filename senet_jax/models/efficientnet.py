@@ -257,14 +257,20 @@ class EfficientNetBase(AttentionFields):
         repeats=round_repeats(args.repeats, depth))
             for args in map(decode_block_string, self.blocks)]
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  @nn.nowrap
+  def layer_constructors(self, train: bool):
+    """(act, conv, norm, bn): the activation, the convolution and BatchNorm constructors every
+    block receives, and BatchNorm set for `train`."""
     act = layers.get_activation(self.act, 'act')
     conv = base.conv_def(self, padding=self.padding,
                          kernel_init=layers.conv_kernel_init_fan_out())
     norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, param_dtype=jnp.float32)
-    bn = functools.partial(norm, use_running_average=not train)
+    return act, conv, norm, functools.partial(norm, use_running_average=not train)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    act, conv, norm, bn = self.layer_constructors(train)
     stages = self.stage_args()
     stem = (stages[0].in_channels if self.stem_channels is None
             else self.round_channels(self.stem_channels))
