@@ -140,3 +140,22 @@ def test_channel_matmul_gradients_in_bfloat16_keep_dtype_and_match_float32():
   assert [g.dtype for g in low] == [jnp.bfloat16, jnp.bfloat16]
   for a, b in zip(low, ref):
     np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0.05, atol=0.5)
+
+
+def test_shift_traces_one_multiply_add_per_tap_and_no_nested_jit():
+  # A 5x5 depthwise conv is 25 taps: 25 products summed by 24 adds, written with lax so that
+  # tracing binds them directly (jnp's operators each trace as a nested jit: B7 has ~1,100 taps).
+  jaxpr = jax.make_jaxpr(lambda x, k: conv_impls._conv_shift(x, k, 1, ((2, 2), (2, 2))))(
+      jnp.zeros((1, 9, 9, 4)), jnp.zeros((5, 5, 1, 4)))
+  names = [eqn.primitive.name for eqn in jaxpr.eqns]
+  assert (names.count('mul'), names.count('add')) == (25, 24)
+  assert not {'jit', 'pjit'} & set(names)
+
+
+def test_shift_promotes_mixed_dtypes_like_jnp():
+  x = jax.random.normal(jax.random.key(0), (1, 6, 6, 4)).astype(jnp.bfloat16)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 4))
+  out = conv_impls._conv_shift(x, kernel, 1, ((1, 1), (1, 1)))
+  assert out.dtype == jnp.float32
+  ref = conv_impls.conv_xla(x.astype(jnp.float32), kernel, 1, ((1, 1), (1, 1)), 4)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
