@@ -50,6 +50,9 @@ VARIANTS = {
     'split8': '--xla_cpu_parallel_codegen_split_count=8',
     'split2': '--xla_cpu_parallel_codegen_split_count=2',
     'legacy_emitters': '--xla_cpu_use_fusion_emitters=false',
+    'avx2': '--xla_cpu_max_isa=AVX2',
+    'vector128': '--xla_cpu_prefer_vector_width=128',
+    'concurrency_scheduler': '--xla_cpu_enable_concurrency_optimized_scheduler=true',
 }
 EVENTS = {'trace': '/jax/core/compile/jaxpr_trace_duration',
           'lower': '/jax/core/compile/jaxpr_to_mlir_module_duration',
